@@ -1,0 +1,19 @@
+"""eplb-numba: DeepSeek/vLLM's expert-parallelism load balancer as Numba kernels.
+
+``import eplb_numba`` needs NumPy and Numba only; the torch adapter lives in
+``eplb_numba.torch``.
+"""
+
+from __future__ import annotations
+
+from ._api import balanced_packing, rebalance_experts, rebalance_experts_hierarchical, replicate_experts
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "balanced_packing",
+    "rebalance_experts",
+    "rebalance_experts_hierarchical",
+    "replicate_experts",
+]

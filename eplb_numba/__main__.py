@@ -1,0 +1,8 @@
+"""``python -m eplb_numba``: the command line."""
+
+from __future__ import annotations
+
+from ._cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""NumPy entry points: validate, allocate, call the kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._kernels.placement import fill_log2phy, place_layers
+from ._kernels.plan import pack_rows, replicate_rows
+from ._kernels.slots import preserve_slots, ranks_in_slot_order
+from ._validate import as_count, as_weight, check_layout
+
+__all__ = [
+    "balanced_packing",
+    "rebalance_experts",
+    "rebalance_experts_hierarchical",
+    "replicate_experts",
+]
+
+_NO_SUMS = np.empty((0, 0), dtype=np.float32)
+
+
+def _place(w, layout, group_sums=None):
+    # The global policy is the hierarchical routine with one group, one node.
+    if layout.hierarchical:
+        groups, nodes = layout.num_groups, layout.num_nodes
+    else:
+        groups, nodes = 1, 1
+        group_sums = None
+    if group_sums is None or groups == nodes:
+        group_sums = _NO_SUMS
+    shape = (layout.num_layers, layout.num_replicas)
+    phy2log = np.empty(shape, dtype=np.int64)
+    phyrank = np.empty(shape, dtype=np.int64)
+    logcnt = np.empty((layout.num_layers, layout.num_logical), dtype=np.int64)
+    if layout.num_layers:
+        place_layers(w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt)
+    return phy2log, phyrank, logcnt
+
+
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
+    """Plan replicas and their placement from per-expert loads.
+
+    Bit-identical to vLLM's ``rebalance_experts`` (DeepSeek's EPLB): the
+    hierarchical policy when ``num_groups % num_nodes == 0``, the global one
+    otherwise.
+
+    Parameters
+    ----------
+    weight : array_like, shape (layers, num_logical)
+        Load of every logical expert (token counts), any real numeric dtype;
+        read as float32 like the reference.  Finite and non-negative.
+    num_replicas : int
+        Physical expert slots in all; a multiple of ``num_gpus`` and at least
+        ``num_logical``.
+    num_groups : int
+        Expert groups of the model (``num_logical`` is a multiple of it under
+        the hierarchical policy).
+    num_nodes : int
+        Server nodes; ``num_gpus`` is a multiple of it.
+    num_gpus : int
+        GPUs (EP ranks) in all.
+
+    Returns
+    -------
+    phy2log : ndarray of int64, shape (layers, num_replicas)
+        Logical expert held by each slot; slots are GPU-major.
+    log2phy : ndarray of int64, shape (layers, num_logical, num_replicas - num_logical + 1)
+        Slots of each expert's replicas by replica rank, padded with -1.
+    logcnt : ndarray of int64, shape (layers, num_logical)
+        Number of replicas of each expert.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from eplb_numba import rebalance_experts
+    >>> w = np.array([[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86]])
+    >>> phy2log, log2phy, logcnt = rebalance_experts(w, 16, 4, 2, 8)
+    >>> phy2log[0].tolist()
+    [5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1]
+    >>> logcnt[0].tolist()
+    [1, 2, 1, 1, 2, 2, 1, 1, 1, 1, 2, 1]
+    """
+    w = as_weight(weight)
+    layout = check_layout(w.shape, num_replicas, num_groups, num_nodes, num_gpus)
+    return _rebalance(w, layout)
+
+
+def _rebalance(w, layout, group_sums=None, out=None):
+    """Kernel calls behind ``rebalance_experts``; ``out`` takes preallocated outputs."""
+    phy2log, phyrank, logcnt = _place(w, layout, group_sums)
+    max_count = layout.num_replicas - layout.num_logical + 1
+    if out is None:
+        log2phy = np.empty((layout.num_layers, layout.num_logical, max_count), dtype=np.int64)
+    else:
+        out_phy2log, log2phy, out_logcnt = out
+        out_phy2log[...] = phy2log
+        out_logcnt[...] = logcnt
+        phy2log, logcnt = out_phy2log, out_logcnt
+    if layout.num_layers:
+        fill_log2phy(phy2log, phyrank, log2phy)
+    return phy2log, log2phy, logcnt
+
+
+def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num_nodes, num_gpus):
+    """The reference's hierarchical policy, returning replica ranks.
+
+    Parameters
+    ----------
+    weight : array_like, shape (layers, num_logical)
+        Loads, as for :func:`rebalance_experts`.
+    num_physical_experts : int
+        Slots in all, a multiple of ``num_gpus``.
+    num_groups : int
+        Expert groups; a multiple of ``num_nodes`` and a divisor of ``num_logical``.
+    num_nodes, num_gpus : int
+        Nodes, and GPUs in all (a multiple of ``num_nodes``).
+
+    Returns
+    -------
+    phy2log : ndarray of int64, shape (layers, num_physical_experts)
+        Logical expert of each slot.
+    phyrank : ndarray of int64, shape (layers, num_physical_experts)
+        Replica rank of each slot (0 for an expert's first replica).
+    logcnt : ndarray of int64, shape (layers, num_logical)
+        Replicas per expert.
+    """
+    w = as_weight(weight)
+    layout = check_layout(w.shape, num_physical_experts, num_groups, num_nodes, num_gpus, policy="hierarchical")
+    return _place(w, layout)
+
+
+def balanced_packing(weight, num_packs):
+    """Pack each row's ``n`` items into ``num_packs`` packs of ``n // num_packs``.
+
+    Items go heaviest first (torch's sort order, ties included) to the
+    lightest pack with room, the lowest pack index on equal load.
+
+    Parameters
+    ----------
+    weight : array_like, shape (rows, n)
+        Item weights.  Sorted as float32; summed as float64 when float64,
+        as int64 when integer, float32 otherwise (as the reference does).
+    num_packs : int
+        Number of packs; must divide ``n``.
+
+    Returns
+    -------
+    pack_index, rank_in_pack : ndarray of int64, shape (rows, n)
+        Pack of each item and its position within the pack.
+    """
+    w = as_weight(weight, dtype=None)
+    num_packs = as_count(num_packs, "num_packs")
+    rows, n = w.shape
+    if n % num_packs:
+        raise ValueError(
+            f"num_packs ({num_packs}) must divide the number of items per row "
+            f"({n}, weight.shape[1]) so every pack gets the same count"
+        )
+    pack_index = np.empty((rows, n), dtype=np.int64)
+    rank_in_pack = np.empty((rows, n), dtype=np.int64)
+    if rows and n:
+        keys = w if w.dtype == np.float32 else w.astype(np.float32)
+        pack_rows(keys, w, num_packs, pack_index, rank_in_pack)
+    return pack_index, rank_in_pack
+
+
+def replicate_experts(weight, num_phy):
+    """Add replicas one at a time to the expert with the highest load per replica.
+
+    Parameters
+    ----------
+    weight : array_like, shape (rows, num_log)
+        Expert loads; float64 stays float64, anything else is read as float32.
+    num_phy : int
+        Replicas per row in all, at least ``num_log``.
+
+    Returns
+    -------
+    phy2log : ndarray of int64, shape (rows, num_phy)
+        Expert of each replica; the first ``num_log`` are the experts in order.
+    rank : ndarray of int64, shape (rows, num_phy)
+        Replica rank of each replica.
+    logcnt : ndarray of int64, shape (rows, num_log)
+        Replicas per expert.
+    """
+    w = as_weight(weight, dtype=None)
+    if w.dtype != np.float64:
+        w = w.astype(np.float32)
+    num_phy = as_count(num_phy, "num_phy")
+    rows, num_log = w.shape
+    if num_log < 1:
+        raise ValueError(f"weight must have at least one expert column, got shape {w.shape}")
+    if num_phy < num_log:
+        raise ValueError(
+            f"num_phy ({num_phy}) must be at least the number of experts ({num_log}, weight.shape[1])"
+        )
+    phy2log = np.empty((rows, num_phy), dtype=np.int64)
+    rank = np.empty((rows, num_phy), dtype=np.int64)
+    logcnt = np.empty((rows, num_log), dtype=np.int64)
+    if rows:
+        replicate_rows(w, num_phy, phy2log, rank, logcnt)
+    return phy2log, rank, logcnt
+
+
+def _preserve_slots(phy2log, old_phy2log, num_gpus, num_logical):
+    """Slot-preserving reorder of ``phy2log`` and its ``log2phy``.
+
+    ``old_phy2log`` must already be an int64 array of ``phy2log``'s shape.
+    """
+    out = np.empty_like(phy2log)
+    preserve_slots(phy2log, old_phy2log, num_gpus, out)
+    rank = np.empty_like(out)
+    ranks_in_slot_order(out, num_logical, rank)
+    max_count = out.shape[1] - num_logical + 1
+    log2phy = np.empty((out.shape[0], num_logical, max_count), dtype=np.int64)
+    fill_log2phy(out, rank, log2phy)
+    return out, log2phy

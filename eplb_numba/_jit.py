@@ -1,0 +1,48 @@
+"""The one place that holds every Numba option used by eplb-numba.
+
+Every kernel is decorated with :func:`jit`; nothing else in the package passes
+options to Numba.  ``fastmath`` stays off on purpose: placements depend on
+exact float32 comparisons and ties, and reassociation would change them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+
+__all__ = ["JIT_OPTIONS", "jit"]
+
+
+def _cache_enabled() -> bool:
+    # Caching compiled kernels on disk makes the first call of a new process
+    # cheap.  EPLB_NUMBA_CACHE=0 turns it off (read-only installs, debugging).
+    return os.environ.get("EPLB_NUMBA_CACHE", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+JIT_OPTIONS: dict[str, object] = {
+    "nopython": True,
+    # Kernels run without the GIL so a serving loop keeps running beside them.
+    "nogil": True,
+    "cache": _cache_enabled(),
+    "fastmath": False,
+    "boundscheck": False,
+    # No ZeroDivisionError checks in the hot loops; every divisor is a replica
+    # count, which is at least one.
+    "error_model": "numpy",
+}
+
+
+def jit(func=None, **overrides):
+    """Compile ``func`` with the package's Numba options.
+
+    Usable bare (``@jit``) or with per-kernel overrides (``@jit(inline="always")``).
+    """
+    options = {**JIT_OPTIONS, **overrides}
+
+    def decorate(f):
+        return numba.jit(**options)(f)
+
+    if func is None:
+        return decorate
+    return decorate(func)

@@ -1,0 +1,126 @@
+"""The hierarchical placement of the reference, one layer at a time.
+
+Step 1 packs expert groups onto nodes by group load; step 2 replicates
+experts within each node; step 3 packs each node's replicas onto its GPUs.
+The global policy is the same routine with one group and one node.
+
+Index spaces, as in the reference: ``log`` is a logical expert, ``mlog`` its
+position once groups are laid out node by node, ``phy`` a replica in the
+order replication made it, and the output position is the replica's slot
+after packing onto GPUs (GPU-major).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._jit import jit
+from .plan import pack_row, replicate_row
+from .sort import SORT_STACK_SIZE
+
+
+@jit
+def _group_sums(w, num_groups, out):
+    # Sequential float32 sums; exact (so equal to torch's own reduction) for
+    # integer-valued loads whose group sums stay below 2**24.
+    group_size = w.shape[0] // num_groups
+    for g in range(num_groups):
+        s = np.float32(0.0)
+        for j in range(g * group_size, (g + 1) * group_size):
+            s += w[j]
+        out[g] = s
+
+
+@jit
+def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt):
+    """Hierarchical placement of every layer of float32 ``weight`` [L, E].
+
+    ``group_sums`` [L, num_groups] holds precomputed group loads, or has zero
+    rows to have them summed here.  Writes ``phy2log`` and ``phyrank`` [L, R]
+    and ``logcnt`` [L, E].
+    """
+    num_layers, num_log = weight.shape
+    num_phy = phy2log.shape[1]
+    group_size = num_log // num_groups
+    groups_per_node = num_groups // num_nodes
+    log_per_node = num_log // num_nodes
+    phy_per_node = num_phy // num_nodes
+    gpus_per_node = num_gpus // num_nodes
+    have_sums = group_sums.shape[0] == num_layers
+
+    biggest = max(num_groups, phy_per_node)
+    sort_vals = np.empty(biggest, dtype=np.float32)
+    order = np.empty(biggest, dtype=np.int64)
+    loads = np.empty(max(num_nodes, gpus_per_node), dtype=np.float32)
+    items = np.empty(loads.shape[0], dtype=np.int64)
+    heap = np.empty(max(num_nodes, gpus_per_node, log_per_node), dtype=np.int64)
+    stack = np.empty(SORT_STACK_SIZE, dtype=np.int64)
+
+    sums = np.empty(num_groups, dtype=np.float32)
+    group_node = np.empty(num_groups, dtype=np.int64)
+    group_rank = np.empty(num_groups, dtype=np.int64)
+    log2mlog = np.empty(num_log, dtype=np.int64)
+    mlog2log = np.empty(num_log, dtype=np.int64)
+    mlogcnt = np.empty(num_log, dtype=np.int64)
+    tokens = np.empty(log_per_node, dtype=np.float32)
+    cntf = np.empty(log_per_node, dtype=np.float32)
+    ratio = np.empty(log_per_node, dtype=np.float32)
+    phy2mlog = np.empty(phy_per_node, dtype=np.int64)
+    rank = np.empty(phy_per_node, dtype=np.int64)
+    phy_load = np.empty(phy_per_node, dtype=np.float32)
+    gpu = np.empty(phy_per_node, dtype=np.int64)
+    gpu_rank = np.empty(phy_per_node, dtype=np.int64)
+
+    for layer in range(num_layers):
+        w = weight[layer]
+        # Step 1: groups to nodes.
+        if groups_per_node == 1:
+            for g in range(num_groups):
+                group_node[g] = g
+                group_rank[g] = 0
+        else:
+            if have_sums:
+                for g in range(num_groups):
+                    sums[g] = group_sums[layer, g]
+            else:
+                _group_sums(w, num_groups, sums)
+            pack_row(sums, sums, num_nodes, group_node, group_rank,
+                     sort_vals, order, loads, items, heap, stack)
+        for e in range(num_log):
+            g = e // group_size
+            m = (group_node[g] * groups_per_node + group_rank[g]) * group_size + e % group_size
+            log2mlog[e] = m
+            mlog2log[m] = e
+
+        for node in range(num_nodes):
+            base = node * log_per_node
+            # Step 2: replicas within the node.
+            for j in range(log_per_node):
+                tokens[j] = w[mlog2log[base + j]]
+            replicate_row(tokens, phy_per_node, phy2mlog, rank,
+                          mlogcnt[base:base + log_per_node], cntf, ratio, heap)
+            # Step 3: the node's replicas to its GPUs.
+            for k in range(phy_per_node):
+                m = phy2mlog[k]
+                phy_load[k] = tokens[m] / np.float32(mlogcnt[base + m])
+            pack_row(phy_load, phy_load, gpus_per_node, gpu, gpu_rank,
+                     sort_vals, order, loads, items, heap, stack)
+            slots_per_gpu = phy_per_node // gpus_per_node
+            out = node * phy_per_node
+            for k in range(phy_per_node):
+                q = out + gpu[k] * slots_per_gpu + gpu_rank[k]
+                phy2log[layer, q] = mlog2log[base + phy2mlog[k]]
+                phyrank[layer, q] = rank[k]
+
+        for e in range(num_log):
+            logcnt[layer, e] = mlogcnt[log2mlog[e]]
+
+
+@jit
+def fill_log2phy(phy2log, phyrank, log2phy):
+    """``log2phy[l, phy2log[l, q], phyrank[l, q]] = q``, every other entry -1."""
+    num_layers, num_phy = phy2log.shape
+    for layer in range(num_layers):
+        log2phy[layer] = -1
+        for q in range(num_phy):
+            log2phy[layer, phy2log[layer, q], phyrank[layer, q]] = q

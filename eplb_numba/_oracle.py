@@ -1,0 +1,121 @@
+"""Slow, plain-torch oracle of the reference algorithm, for tests and benchmarks.
+
+Written from the description of vLLM's ``rebalance_algo`` (DeepSeek EPLB): the
+steps that decide ties run through torch itself (``sort(descending=True)`` on
+float32 rows, ``max(dim=-1).indices``, float32 tensor arithmetic, the group
+``sum``), so agreement with the Numba kernels checks those facts against
+torch rather than against our reading of it.  Loops over items are
+vectorised across rows to keep thousands of generated cases affordable.
+
+``REFERENCES`` maps each public function to its oracle; tests and benchmarks
+both read it.  Needs torch; never imported by ``import eplb_numba``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["REFERENCES", "balanced_packing", "rebalance_experts", "rebalance_experts_hierarchical", "replicate_experts"]
+
+
+def balanced_packing(weight: torch.Tensor, num_packs: int):
+    rows, n = weight.shape
+    per_pack = n // num_packs
+    if per_pack == 1:
+        return torch.arange(n).repeat(rows, 1), torch.zeros(rows, n, dtype=torch.int64)
+    order = weight.float().sort(-1, descending=True).indices
+    loads = torch.zeros(rows, num_packs, dtype=weight.dtype)
+    counts = torch.zeros(rows, num_packs, dtype=torch.int64)
+    pack_index = torch.full((rows, n), -1, dtype=torch.int64)
+    rank_in_pack = torch.full((rows, n), -1, dtype=torch.int64)
+    row = torch.arange(rows)
+    # Distinct priorities make argmax unique: the lowest pack index wins.
+    priority = num_packs - torch.arange(num_packs)
+    closed = torch.finfo(weight.dtype).max if weight.dtype.is_floating_point else torch.iinfo(weight.dtype).max
+    for j in range(n):
+        item = order[:, j]
+        open_ = counts < per_pack
+        lightest = torch.where(open_, loads, torch.full_like(loads, closed)).min(-1, keepdim=True).values
+        candidates = open_ & (loads == lightest)
+        best = (candidates * priority).argmax(-1)
+        pack_index[row, item] = best
+        rank_in_pack[row, item] = counts[row, best]
+        loads[row, best] = loads[row, best] + weight[row, item]
+        counts[row, best] += 1
+    return pack_index, rank_in_pack
+
+
+def replicate_experts(weight: torch.Tensor, num_phy: int):
+    rows, num_log = weight.shape
+    phy2log = torch.arange(num_phy).repeat(rows, 1)
+    rank = torch.zeros(rows, num_phy, dtype=torch.int64)
+    logcnt = torch.ones(rows, num_log, dtype=torch.int64)
+    row = torch.arange(rows)
+    for slot in range(num_log, num_phy):
+        hottest = (weight / logcnt).max(dim=-1).indices
+        phy2log[:, slot] = hottest
+        rank[:, slot] = logcnt[row, hottest]
+        logcnt[row, hottest] += 1
+    return phy2log, rank, logcnt
+
+
+def _invert(perm: torch.Tensor) -> torch.Tensor:
+    inv = torch.empty_like(perm)
+    inv.scatter_(1, perm, torch.arange(perm.shape[1]).expand_as(perm).contiguous())
+    return inv
+
+
+def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num_nodes, num_gpus):
+    layers, num_log = weight.shape
+    group_size = num_log // num_groups
+    groups_per_node = num_groups // num_nodes
+    log_per_node = num_log // num_nodes
+    phy_per_node = num_physical_experts // num_nodes
+    slots_per_gpu = num_physical_experts // num_gpus
+
+    # 1. groups onto nodes; experts renumbered node-major ("mlog").
+    group_load = weight.unflatten(-1, (num_groups, group_size)).sum(-1)
+    node, rank_on_node = balanced_packing(group_load, num_nodes)
+    first_mlog = (node * groups_per_node + rank_on_node) * group_size
+    log2mlog = (first_mlog.unsqueeze(-1) + torch.arange(group_size)).flatten(-2)
+    mlog2log = _invert(log2mlog)
+
+    # 2. replicas within each node, rows = (layer, node).
+    mlog_load = weight.gather(-1, mlog2log).reshape(layers * num_nodes, log_per_node)
+    phy2mlog, phy_rank, mlog_count = replicate_experts(mlog_load, phy_per_node)
+
+    # 3. each node's replicas onto its GPUs.
+    replica_load = (mlog_load / mlog_count).gather(-1, phy2mlog)
+    gpu, rank_on_gpu = balanced_packing(replica_load, num_gpus // num_nodes)
+    slot_of_phy = gpu * slots_per_gpu + rank_on_gpu
+    phy_of_slot = _invert(slot_of_phy)
+
+    slot2mlog = phy2mlog.gather(-1, phy_of_slot).reshape(layers, num_nodes, phy_per_node)
+    slot2mlog = (slot2mlog + (torch.arange(num_nodes) * log_per_node).view(1, -1, 1)).flatten(-2)
+    slot2log = mlog2log.gather(-1, slot2mlog)
+    slot_rank = phy_rank.gather(-1, phy_of_slot).reshape(layers, -1)
+    logcnt = mlog_count.reshape(layers, -1).gather(-1, log2mlog)
+    return slot2log, slot_rank, logcnt
+
+
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
+    layers, num_log = weight.shape
+    weight = weight.float().cpu()
+    if num_groups % num_nodes == 0:
+        phy2log, rank, logcnt = rebalance_experts_hierarchical(weight, num_replicas, num_groups, num_nodes, num_gpus)
+    else:
+        phy2log, rank, logcnt = rebalance_experts_hierarchical(weight, num_replicas, 1, 1, num_gpus)
+    max_count = num_replicas - num_log + 1
+    log2phy = torch.full((layers, num_log, max_count), -1, dtype=torch.int64)
+    slots = torch.arange(num_replicas).expand(layers, -1)
+    for layer in range(layers):
+        log2phy[layer, phy2log[layer], rank[layer]] = slots[layer]
+    return phy2log, log2phy, logcnt
+
+
+REFERENCES = {
+    "balanced_packing": balanced_packing,
+    "replicate_experts": replicate_experts,
+    "rebalance_experts_hierarchical": rebalance_experts_hierarchical,
+    "rebalance_experts": rebalance_experts,
+}

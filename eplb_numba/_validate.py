@@ -1,0 +1,152 @@
+"""Input checks shared by the NumPy API, the torch adapter and the CLI.
+
+Every failure is a ``TypeError`` or ``ValueError`` that names the parameter
+and says how to fix it.  Nothing here writes into its arguments.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["Layout", "as_count", "as_weight", "check_layout", "check_weight_values"]
+
+
+def as_count(value, name: str, *, minimum: int = 1) -> int:
+    """``value`` as a Python int of at least ``minimum``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, not a bool; pass e.g. {name}=8")
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an integer, got {type(value).__name__} {value!r}; "
+            f"pass a whole number such as {name}=8"
+        ) from None
+    if count < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {count}")
+    return count
+
+
+def _check_dtype(dtype: np.dtype, name: str) -> None:
+    if dtype.kind == "c":
+        raise TypeError(f"{name} must be real, got complex dtype {dtype}; pass token counts as ints or floats")
+    if dtype.kind == "b":
+        raise TypeError(f"{name} must hold numbers, got bool; pass token counts, e.g. {name}.astype(int)")
+    if dtype.kind not in "iuf":
+        raise TypeError(
+            f"{name} must be a real numeric array (int or float), got dtype {dtype}; "
+            f"convert it with numpy.asarray({name}, dtype=float)"
+        )
+
+
+def check_weight_values(w: np.ndarray, name: str) -> None:
+    """Reject NaN, infinite and negative loads in an already-converted array."""
+    if w.size == 0:
+        return
+    if w.dtype.kind == "f":
+        finite = np.isfinite(w)
+        if not finite.all():
+            where = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise ValueError(
+                f"{name} must be finite, but {name}{list(where)} is {w[where]!r} "
+                f"(float32 holds loads up to 3.4e38); replace NaN/inf loads before balancing"
+            )
+    if w.min() < 0:
+        where = tuple(int(i) for i in np.argwhere(w < 0)[0])
+        raise ValueError(
+            f"{name} must be non-negative token counts, but {name}{list(where)} is {w[where]!r}; "
+            f"clip or fix the negative loads"
+        )
+
+
+def as_weight(weight, name: str = "weight", *, dtype=np.float32) -> np.ndarray:
+    """``weight`` as a C-contiguous 2-D array of ``dtype`` (a copy if needed).
+
+    ``dtype=None`` keeps float64 as float64 and turns other numbers into
+    ``float32`` (floats) or ``int64`` (integers), for the helpers whose
+    reference arithmetic follows the input's dtype.
+    """
+    try:
+        arr = np.asarray(weight)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} must be a rectangular 2-D array of loads: {exc}") from None
+    _check_dtype(arr.dtype, name)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D [layers, experts], got {arr.ndim}-D with shape {arr.shape}; "
+            f"for one layer pass {name}[None, :], for per-step counts sum over steps first"
+        )
+    if dtype is None:
+        if arr.dtype == np.float64:
+            dtype = np.float64
+        elif arr.dtype.kind == "f":
+            dtype = np.float32
+        else:
+            dtype = np.int64
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    check_weight_values(out, name)
+    return out
+
+
+class Layout(NamedTuple):
+    """Validated sizes of one placement problem."""
+
+    num_layers: int
+    num_logical: int
+    num_replicas: int
+    num_groups: int
+    num_nodes: int
+    num_gpus: int
+    hierarchical: bool
+
+
+def check_layout(shape, num_replicas, num_groups, num_nodes, num_gpus, *, policy: str = "auto") -> Layout:
+    """Check the counts against ``weight``'s shape and pick the policy.
+
+    ``policy="auto"`` is the reference's rule: hierarchical when
+    ``num_groups % num_nodes == 0``, global otherwise.  ``"hierarchical"``
+    insists on the hierarchical one (``rebalance_experts_hierarchical``).
+    """
+    num_layers, num_logical = (int(s) for s in shape)
+    num_replicas = as_count(num_replicas, "num_replicas")
+    num_groups = as_count(num_groups, "num_groups")
+    num_nodes = as_count(num_nodes, "num_nodes")
+    num_gpus = as_count(num_gpus, "num_gpus")
+    if num_logical < 1:
+        raise ValueError("weight must have at least one expert column, got shape " f"{tuple(shape)}")
+    if num_replicas < num_logical:
+        raise ValueError(
+            f"num_replicas ({num_replicas}) must be at least the number of logical experts "
+            f"({num_logical}, weight.shape[1]): every expert needs a replica"
+        )
+    if num_replicas % num_gpus:
+        raise ValueError(
+            f"num_replicas ({num_replicas}) must be a multiple of num_gpus ({num_gpus}) so every GPU "
+            f"holds the same number of slots; e.g. num_replicas={_round_up(num_replicas, num_gpus)}"
+        )
+    if num_gpus % num_nodes:
+        raise ValueError(
+            f"num_gpus ({num_gpus}) must be a multiple of num_nodes ({num_nodes}): every node holds "
+            f"the same number of GPUs"
+        )
+    if policy == "hierarchical" and num_groups % num_nodes:
+        raise ValueError(
+            f"num_groups ({num_groups}) must be a multiple of num_nodes ({num_nodes}) for the "
+            f"hierarchical policy; use rebalance_experts, which falls back to the global policy"
+        )
+    hierarchical = num_groups % num_nodes == 0
+    if hierarchical and num_logical % num_groups:
+        raise ValueError(
+            f"the number of logical experts ({num_logical}, weight.shape[1]) must be a multiple of "
+            f"num_groups ({num_groups}) for the hierarchical policy; pass the model's real group "
+            f"count, or num_groups=1 to put the experts in one group"
+        )
+    return Layout(num_layers, num_logical, num_replicas, num_groups, num_nodes, num_gpus, hierarchical)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple

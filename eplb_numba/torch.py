@@ -1,0 +1,188 @@
+"""Torch adapter: the NumPy kernels behind tensors on any device.
+
+Outputs are int64 tensors on the input's device, in the reference's shapes.
+Where the reference computes in torch (the float32 group sums of the
+hierarchical policy), so does this adapter, on the same CPU float32 tensor,
+so results match the reference on every finite input.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch as _torch
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "eplb_numba.torch needs PyTorch; install it with `pip install 'eplb-numba[torch]'` "
+        "(or `pip install torch`), or use the NumPy API in `eplb_numba`"
+    ) from exc
+
+import numpy as np
+
+from . import _api
+from ._validate import check_layout, check_weight_values
+
+__all__ = [
+    "EplbNumbaPolicy",
+    "balanced_packing",
+    "rebalance_experts",
+    "install_vllm_policy",
+    "rebalance_experts_hierarchical",
+    "replicate_experts",
+]
+
+
+def _as_tensor(weight, name="weight"):
+    if not isinstance(weight, _torch.Tensor):
+        weight = _torch.as_tensor(np.asarray(weight))
+    if weight.is_complex():
+        raise TypeError(f"{name} must be real, got complex dtype {weight.dtype}; pass token counts")
+    if weight.dtype == _torch.bool:
+        raise TypeError(f"{name} must hold numbers, got bool; pass token counts, e.g. {name}.long()")
+    if weight.dim() != 2:
+        raise ValueError(
+            f"{name} must be 2-D [layers, experts], got shape {tuple(weight.shape)}; "
+            f"for one layer pass {name}[None, :], for per-step counts sum over steps first"
+        )
+    return weight.detach()
+
+
+def _host_float32(weight):
+    # Exactly the reference's conversion: cast on the source device, then copy.
+    w = weight.float().cpu().contiguous()
+    check_weight_values(w.numpy(), "weight")
+    return w
+
+
+def _to_device(arrays, device):
+    out = tuple(_torch.from_numpy(a) for a in arrays)
+    if device.type == "cpu":
+        return out
+    # Pinned staging lets the copies run asynchronously on the current stream.
+    return tuple(t.pin_memory().to(device, non_blocking=True) for t in out)
+
+
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
+    """:func:`eplb_numba.rebalance_experts` over a tensor on any device.
+
+    Returns ``(phy2log, log2phy, logcnt)`` as int64 tensors on
+    ``weight.device``; see the NumPy function for shapes.
+    """
+    weight = _as_tensor(weight)
+    w = _host_float32(weight)
+    layout = check_layout(w.shape, num_replicas, num_groups, num_nodes, num_gpus)
+    sums = None
+    if layout.hierarchical and layout.num_groups != layout.num_nodes and layout.num_layers:
+        # torch's own float32 reduction, as the reference sums groups.
+        sums = w.unflatten(-1, (layout.num_groups, layout.num_logical // layout.num_groups)).sum(-1).numpy()
+    return _to_device(_api._rebalance(w.numpy(), layout, sums), weight.device)
+
+
+def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num_nodes, num_gpus):
+    """:func:`eplb_numba.rebalance_experts_hierarchical` over a tensor (read as float32)."""
+    weight = _as_tensor(weight)
+    w = _host_float32(weight)
+    layout = check_layout(w.shape, num_physical_experts, num_groups, num_nodes, num_gpus, policy="hierarchical")
+    sums = None
+    if layout.num_groups != layout.num_nodes and layout.num_layers:
+        sums = w.unflatten(-1, (layout.num_groups, layout.num_logical // layout.num_groups)).sum(-1).numpy()
+    return _to_device(_api._place(w.numpy(), layout, sums), weight.device)
+
+
+def _host_numpy(weight):
+    weight = _as_tensor(weight)
+    if weight.dtype in (_torch.float16, _torch.bfloat16):
+        weight = weight.float()
+    return weight.cpu().numpy(), weight.device
+
+
+def balanced_packing(weight, num_packs):
+    """:func:`eplb_numba.balanced_packing` over a tensor; int64 results on its device."""
+    w, device = _host_numpy(weight)
+    return _to_device(_api.balanced_packing(w, num_packs), device)
+
+
+def replicate_experts(weight, num_phy):
+    """:func:`eplb_numba.replicate_experts` over a tensor; int64 results on its device."""
+    w, device = _host_numpy(weight)
+    return _to_device(_api.replicate_experts(w, num_phy), device)
+
+
+def _keep_old_slots(phy2log, old, num_gpus, num_logical):
+    old = _as_tensor(old, "old_global_expert_indices")
+    if tuple(old.shape) != tuple(phy2log.shape):
+        raise ValueError(
+            f"old_global_expert_indices must have the new placement's shape {tuple(phy2log.shape)}, "
+            f"got {tuple(old.shape)}; pass the current physical_to_logical_map"
+        )
+    old_np = old.cpu().to(_torch.int64).contiguous().numpy()
+    return _to_device(_api._preserve_slots(phy2log.cpu().numpy(), old_np, num_gpus, num_logical), phy2log.device)
+
+
+def _policy_base():
+    try:
+        from vllm.distributed.eplb.policy.abstract import AbstractEplbPolicy
+    except Exception:  # vLLM absent, or a version without the policy interface
+        return object
+    return AbstractEplbPolicy
+
+
+def _returns_tuple(base) -> bool:
+    # vLLM 0.13 to 0.18 return (phy2log, log2phy, logcnt); 0.19 and later
+    # return phy2log alone.  Follow whatever the installed base class declares.
+    annotation = getattr(getattr(base, "rebalance_experts", None), "__annotations__", {}).get("return")
+    return "tuple" in str(annotation).lower()
+
+
+class EplbNumbaPolicy(_policy_base()):
+    """vLLM EPLB policy running the bit-identical Numba planner.
+
+    Matches ``AbstractEplbPolicy.rebalance_experts``: a classmethod taking
+    ``(weight, num_replicas, num_groups, num_nodes, num_ranks,
+    old_global_expert_indices=None)``.  Given the old placement, experts that
+    stay on a GPU keep their slot (as vLLM's default policy does).
+    """
+
+    @classmethod
+    def rebalance_experts(
+        cls,
+        weight,
+        num_replicas: int,
+        num_groups: int,
+        num_nodes: int,
+        num_ranks: int,
+        old_global_expert_indices=None,
+    ):
+        phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks)
+        if old_global_expert_indices is not None:
+            phy2log, log2phy = _keep_old_slots(phy2log, old_global_expert_indices, num_ranks, logcnt.shape[1])
+        if _returns_tuple(cls.__mro__[1]):
+            return phy2log, log2phy, logcnt
+        return phy2log
+
+
+def install_vllm_policy(policy=EplbNumbaPolicy) -> None:
+    """Make vLLM's ``default`` EPLB policy run ``policy`` in this process.
+
+    vLLM's ``--eplb-config '{"policy": ...}'`` accepts only its own names,
+    so the policy is swapped in under ``default``.  It must run in every
+    vLLM process; setting ``EPLB_NUMBA_VLLM_POLICY=1`` does that through the
+    ``vllm.general_plugins`` entry point this package declares.
+    """
+    try:
+        from vllm.distributed.eplb import policy as vllm_policy
+    except ImportError as exc:
+        raise ImportError(
+            "install_vllm_policy needs vLLM 0.13 or later (with vllm.distributed.eplb.policy); "
+            "for older vLLM, patch vllm.distributed.eplb.rebalance_algo.rebalance_experts "
+            "with eplb_numba.torch.rebalance_experts"
+        ) from exc
+    vllm_policy.EPLB_POLICIES["default"] = policy
+
+
+def _vllm_plugin() -> None:
+    # Entry point for vllm.general_plugins: opt-in, so installing eplb-numba
+    # never changes a vLLM deployment by itself.
+    import os
+
+    if os.environ.get("EPLB_NUMBA_VLLM_POLICY", "").strip().lower() in {"1", "true", "yes", "on"}:
+        install_vllm_policy()

@@ -1,0 +1,110 @@
+"""Bit-identity with the plain-torch oracle over thousands of generated cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import eplb_numba  # noqa: E402
+from eplb_numba import _oracle  # noqa: E402
+from eplb_numba import torch as eplb_torch  # noqa: E402
+
+from .conftest import LOAD_KINDS, MODEL_CONFIGS, make_loads, random_config  # noqa: E402
+
+
+def assert_same(ours, theirs):
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        b = b.numpy() if hasattr(b, "numpy") else b
+        a = a.cpu().numpy() if hasattr(a, "cpu") else a
+        assert a.dtype == np.int64
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", LOAD_KINDS)
+@pytest.mark.parametrize("model", sorted(MODEL_CONFIGS))
+def test_model_sized(model, kind, rng):
+    layers, experts, replicas, groups, nodes, gpus = MODEL_CONFIGS[model]
+    for _ in range(2):
+        w = make_loads(rng, kind, (layers, experts))
+        expected = _oracle.rebalance_experts(torch.from_numpy(w), replicas, groups, nodes, gpus)
+        assert_same(eplb_torch.rebalance_experts(torch.from_numpy(w), replicas, groups, nodes, gpus), expected)
+        if kind != "fractional" or groups % nodes or groups == nodes:
+            # The NumPy path sums groups itself: exact for integer loads, and
+            # not needed by the global policy or one group per node.
+            assert_same(eplb_numba.rebalance_experts(w, replicas, groups, nodes, gpus), expected)
+
+
+def test_thousands_of_small_cases(rng):
+    cases = 0
+    for _ in range(2500):
+        experts, replicas, groups, nodes, gpus = random_config(rng)
+        layers = int(rng.integers(1, 4))
+        kind = LOAD_KINDS[int(rng.integers(len(LOAD_KINDS)))]
+        w = make_loads(rng, kind, (layers, experts))
+        expected = _oracle.rebalance_experts(torch.from_numpy(w), replicas, groups, nodes, gpus)
+        assert_same(eplb_torch.rebalance_experts(torch.from_numpy(w), replicas, groups, nodes, gpus), expected)
+        if kind != "fractional":
+            assert_same(eplb_numba.rebalance_experts(w, replicas, groups, nodes, gpus), expected)
+        cases += 1
+    assert cases == 2500
+
+
+def test_hierarchical_helper(rng):
+    for _ in range(300):
+        experts, replicas, groups, nodes, gpus = random_config(rng)
+        if groups % nodes:
+            continue
+        w = make_loads(rng, "ties", (3, experts))
+        expected = _oracle.rebalance_experts_hierarchical(torch.from_numpy(w).float(), replicas, groups, nodes, gpus)
+        assert_same(eplb_numba.rebalance_experts_hierarchical(w, replicas, groups, nodes, gpus), expected)
+        assert_same(eplb_torch.rebalance_experts_hierarchical(torch.from_numpy(w), replicas, groups, nodes, gpus), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_balanced_packing(dtype, rng):
+    for n in [1, 2, 4, 8, 16, 17, 18, 32, 33, 64, 72, 100, 288, 512, 1024]:
+        for packs in {1, 2, n} | ({4, 8} if n % 8 == 0 else set()):
+            if n % packs:
+                continue
+            for kind in ("ties", "uniform", "zeros", "fractional"):
+                w = make_loads(rng, kind, (3, n)).astype(dtype)
+                expected = _oracle.balanced_packing(torch.from_numpy(w), packs)
+                assert_same(eplb_numba.balanced_packing(w, packs), expected)
+                assert_same(eplb_torch.balanced_packing(torch.from_numpy(w), packs), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_replicate_experts(dtype, rng):
+    for n in [1, 2, 3, 8, 64, 256]:
+        for extra in [0, 1, 5, n, 3 * n + 1]:
+            for kind in ("ties", "uniform", "zeros", "fractional", "onehot"):
+                w = make_loads(rng, kind, (4, n)).astype(dtype)
+                expected = _oracle.replicate_experts(torch.from_numpy(w), n + extra)
+                assert_same(eplb_numba.replicate_experts(w, n + extra), expected)
+                assert_same(eplb_torch.replicate_experts(torch.from_numpy(w), n + extra), expected)
+
+
+def test_integer_replicate_reads_float32(rng):
+    # torch promotes int / int to float32, so integer loads divide as float32.
+    w = rng.integers(0, 2**30, (6, 40))
+    expected = _oracle.replicate_experts(torch.from_numpy(w), 100)
+    assert_same(eplb_numba.replicate_experts(w, 100), expected)
+
+
+def test_deepseek_readme_example():
+    w = np.array(
+        [
+            [90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
+            [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27],
+        ]
+    )
+    phy2log, log2phy, logcnt = eplb_numba.rebalance_experts(w, 16, 4, 2, 8)
+    assert phy2log.tolist() == [
+        [5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1],
+        [7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1],
+    ]
+    assert_same((phy2log, log2phy, logcnt), _oracle.rebalance_experts(torch.from_numpy(w), 16, 4, 2, 8))

@@ -1,0 +1,57 @@
+"""Package surface: exports, torch-free import, and the entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import eplb_numba
+from eplb_numba import _api
+
+
+def test_all_matches_public_names():
+    # Submodules (eplb_numba.torch once imported) are not re-exported names.
+    public = {
+        name
+        for name in dir(eplb_numba)
+        if not name.startswith("_") and not isinstance(getattr(eplb_numba, name), types.ModuleType)
+    }
+    public.discard("annotations")
+    assert set(eplb_numba.__all__) - {"__version__"} == public
+
+
+def test_api_functions_are_documented():
+    for name in _api.__all__:
+        doc = getattr(eplb_numba, name).__doc__
+        assert doc and "Parameters" in doc and "Returns" in doc
+
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"
+
+
+def run_without_torch(code):
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True)
+
+
+def test_imports_and_runs_without_torch():
+    result = run_without_torch(
+        "import sys, numpy as np, eplb_numba\n"
+        "p, l, c = eplb_numba.rebalance_experts(np.arange(32).reshape(2, 16), 24, 4, 2, 8)\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "print(p.shape, l.shape, c.shape)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(2, 24) (2, 16, 9) (2, 16)"
+
+
+def test_torch_adapter_says_how_to_install():
+    result = run_without_torch("import eplb_numba.torch\n")
+    assert result.returncode != 0
+    assert "ImportError" in result.stderr and "pip install 'eplb-numba[torch]'" in result.stderr
+
+
+def test_module_entry_point_runs_default_workload():
+    result = subprocess.run([sys.executable, "-m", "eplb_numba"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "balancedness" in result.stdout

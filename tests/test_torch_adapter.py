@@ -1,0 +1,159 @@
+"""The torch adapter: devices, dtypes, shapes, and the vLLM policy class."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import eplb_numba  # noqa: E402
+from eplb_numba import torch as eplb_torch  # noqa: E402
+
+from .conftest import make_loads  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_outputs_on_input_device(device, dtype, rng):
+    w = torch.from_numpy(make_loads(rng, "ties", (5, 32))).to(device=device, dtype=dtype)
+    before = w.clone()
+    out = eplb_torch.rebalance_experts(w, 40, 8, 2, 8)
+    assert torch.equal(w, before)
+    expected = eplb_numba.rebalance_experts(w.float().cpu().numpy(), 40, 8, 2, 8)
+    for t, a in zip(out, expected):
+        assert t.device.type == device and t.dtype == torch.int64
+        np.testing.assert_array_equal(t.cpu().numpy(), a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_oracle(rng):
+    from eplb_numba import _oracle
+
+    w = torch.from_numpy(make_loads(rng, "fractional", (58, 256))).cuda()
+    out = eplb_torch.rebalance_experts(w, 288, 8, 4, 32)
+    torch.cuda.synchronize()
+    for t, e in zip(out, _oracle.rebalance_experts(w.cpu(), 288, 8, 4, 32)):
+        assert torch.equal(t.cpu(), e)
+
+
+def test_requires_grad_and_non_contiguous_inputs(rng):
+    w = torch.from_numpy(make_loads(rng, "uniform", (32, 6))).float().t().requires_grad_(True)
+    out = eplb_torch.rebalance_experts(w, 40, 8, 2, 8)
+    expected = eplb_numba.rebalance_experts(w.detach().numpy(), 40, 8, 2, 8)
+    for t, a in zip(out, expected):
+        np.testing.assert_array_equal(t.numpy(), a)
+
+
+def test_bad_tensors():
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        eplb_torch.rebalance_experts(torch.ones(16), 16, 4, 2, 8)
+    with pytest.raises(TypeError, match="complex"):
+        eplb_torch.rebalance_experts(torch.ones(2, 16, dtype=torch.complex64), 16, 4, 2, 8)
+    with pytest.raises(ValueError, match="finite"):
+        eplb_torch.rebalance_experts(torch.full((2, 16), float("nan")), 16, 4, 2, 8)
+    with pytest.raises(ValueError, match="non-negative"):
+        eplb_torch.rebalance_experts(-torch.ones(2, 16), 16, 4, 2, 8)
+
+
+def python_slot_preservation(new, old, num_gpus):
+    out = new.copy()
+    per = new.shape[1] // num_gpus
+    for layer in range(new.shape[0]):
+        for g in range(num_gpus):
+            lo = g * per
+            fresh = list(new[layer, lo : lo + per])
+            kept = [None] * per
+            for s in range(per):
+                if old[layer, lo + s] in fresh:
+                    fresh.remove(old[layer, lo + s])
+                    kept[s] = old[layer, lo + s]
+            for s in range(per):
+                out[layer, lo + s] = kept[s] if kept[s] is not None else fresh.pop(0)
+    return out
+
+
+def test_policy_keeps_slots_of_experts_that_stay(rng):
+    old_w = make_loads(rng, "uniform", (6, 64))
+    old = eplb_numba.rebalance_experts(old_w, 80, 8, 2, 16)[0]
+    new_w = old_w + rng.integers(0, 800, old_w.shape)
+    exact = eplb_numba.rebalance_experts(new_w, 80, 8, 2, 16)[0]
+    got = eplb_torch.EplbNumbaPolicy.rebalance_experts(torch.from_numpy(new_w), 80, 8, 2, 16, torch.from_numpy(old))
+    got = got[0] if isinstance(got, tuple) else got
+    np.testing.assert_array_equal(got.numpy(), python_slot_preservation(exact, old, 16))
+    assert (got.numpy() == old).sum() > (exact == old).sum()
+
+
+FAKE_VLLM = {
+    "vllm/__init__.py": "",
+    "vllm/distributed/__init__.py": "",
+    "vllm/distributed/eplb/__init__.py": "",
+    "vllm/distributed/eplb/policy/__init__.py": textwrap.dedent(
+        """
+        from .abstract import AbstractEplbPolicy
+        EPLB_POLICIES = {"default": AbstractEplbPolicy}
+        """
+    ),
+}
+
+
+@pytest.mark.parametrize("returns", ["torch.Tensor", "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"])
+def test_policy_plugs_into_vllm_interface(tmp_path, returns):
+    # A stand-in for vllm.distributed.eplb.policy.abstract with the
+    # interface of vLLM 0.19+ (one tensor) and of 0.13-0.18 (a tuple).
+    files = dict(FAKE_VLLM)
+    files["vllm/distributed/eplb/policy/abstract.py"] = textwrap.dedent(
+        f"""
+        from abc import ABC, abstractmethod
+        import torch
+        class AbstractEplbPolicy(ABC):
+            @classmethod
+            @abstractmethod
+            def rebalance_experts(cls, weight: torch.Tensor, num_replicas: int, num_groups: int,
+                                  num_nodes: int, num_ranks: int,
+                                  old_global_expert_indices: torch.Tensor | None = None) -> {returns}:
+                raise NotImplementedError
+        """
+    )
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    script = textwrap.dedent(
+        """
+        import os, torch
+        from vllm.distributed.eplb import policy
+        from vllm.distributed.eplb.policy.abstract import AbstractEplbPolicy
+        from eplb_numba.torch import EplbNumbaPolicy, _vllm_plugin
+        assert issubclass(EplbNumbaPolicy, AbstractEplbPolicy)
+        w = torch.arange(2 * 16).reshape(2, 16) % 5
+        out = EplbNumbaPolicy.rebalance_experts(w, 24, 4, 2, 8, None)
+        print(type(out).__name__, len(out) if isinstance(out, tuple) else tuple(out.shape))
+        _vllm_plugin()
+        assert policy.EPLB_POLICIES["default"] is AbstractEplbPolicy
+        os.environ["EPLB_NUMBA_VLLM_POLICY"] = "1"
+        _vllm_plugin()
+        assert policy.EPLB_POLICIES["default"] is EplbNumbaPolicy
+        """
+    )
+    env_path = f"{tmp_path}{':' + sys.path[0] if sys.path[0] else ''}"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**_env(), "PYTHONPATH": env_path}
+    )
+    assert result.returncode == 0, result.stderr
+    expected = "tuple 3" if returns.startswith("tuple") else "Tensor (2, 24)"
+    assert result.stdout.strip() == expected
+
+
+def _env():
+    import os
+
+    env = dict(os.environ)
+    env.pop("EPLB_NUMBA_VLLM_POLICY", None)
+    return env
