@@ -6,7 +6,13 @@
 
 from __future__ import annotations
 
-from ._api import balanced_packing, rebalance_experts, rebalance_experts_hierarchical, replicate_experts
+from ._api import (
+    balanced_packing,
+    rebalance_experts,
+    rebalance_experts_hierarchical,
+    replicate_experts,
+    warmup,
+)
 
 __version__ = "0.1.0"
 
@@ -16,4 +22,5 @@ __all__ = [
     "rebalance_experts",
     "rebalance_experts_hierarchical",
     "replicate_experts",
+    "warmup",
 ]

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kernels.placement import fill_log2phy, place_layers
+from ._jit import parallel_threads
+from ._kernels.placement import fill_log2phy, place_layers, place_layers_parallel
 from ._kernels.plan import pack_rows, replicate_rows
 from ._kernels.slots import preserve_slots, ranks_in_slot_order
 from ._validate import as_count, as_weight, check_layout
 
 __all__ = [
     "balanced_packing",
+    "warmup",
     "rebalance_experts",
     "rebalance_experts_hierarchical",
     "replicate_experts",
 ]
 
 _NO_SUMS = np.empty((0, 0), dtype=np.float32)
+# Zero layers: the kernel skips log2phy.
+_NO_LOG2PHY = np.empty((0, 0, 0), dtype=np.int64)
 
 
-def _place(w, layout, group_sums=None):
+def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None):
+    """One kernel call for the whole plan; ``out`` takes preallocated (phy2log, logcnt)."""
     # The global policy is the hierarchical routine with one group, one node.
     if layout.hierarchical:
         groups, nodes = layout.num_groups, layout.num_nodes
@@ -28,12 +33,17 @@ def _place(w, layout, group_sums=None):
         group_sums = None
     if group_sums is None or groups == nodes:
         group_sums = _NO_SUMS
-    shape = (layout.num_layers, layout.num_replicas)
-    phy2log = np.empty(shape, dtype=np.int64)
-    phyrank = np.empty(shape, dtype=np.int64)
-    logcnt = np.empty((layout.num_layers, layout.num_logical), dtype=np.int64)
-    if layout.num_layers:
-        place_layers(w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt)
+    if out is None:
+        phy2log = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
+        logcnt = np.empty((layout.num_layers, layout.num_logical), dtype=np.int64)
+    else:
+        phy2log, logcnt = out
+    phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
+    threads = min(parallel_threads(), layout.num_layers)
+    if threads > 1:
+        place_layers_parallel(w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, threads)
+    elif layout.num_layers:
+        place_layers(w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy)
     return phy2log, phyrank, logcnt
 
 
@@ -86,18 +96,15 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
 
 
 def _rebalance(w, layout, group_sums=None, out=None):
-    """Kernel calls behind ``rebalance_experts``; ``out`` takes preallocated outputs."""
-    phy2log, phyrank, logcnt = _place(w, layout, group_sums)
-    max_count = layout.num_replicas - layout.num_logical + 1
+    """Kernel call behind ``rebalance_experts``; ``out`` takes preallocated outputs."""
     if out is None:
+        max_count = layout.num_replicas - layout.num_logical + 1
         log2phy = np.empty((layout.num_layers, layout.num_logical, max_count), dtype=np.int64)
+        out = (None, log2phy, None)
+        phy2log, _, logcnt = _place(w, layout, group_sums, log2phy)
     else:
-        out_phy2log, log2phy, out_logcnt = out
-        out_phy2log[...] = phy2log
-        out_logcnt[...] = logcnt
-        phy2log, logcnt = out_phy2log, out_logcnt
-    if layout.num_layers:
-        fill_log2phy(phy2log, phyrank, log2phy)
+        phy2log, log2phy, logcnt = out
+        _place(w, layout, group_sums, log2phy, out=(phy2log, logcnt))
     return phy2log, log2phy, logcnt
 
 
@@ -160,7 +167,7 @@ def balanced_packing(weight, num_packs):
     rank_in_pack = np.empty((rows, n), dtype=np.int64)
     if rows and n:
         keys = w if w.dtype == np.float32 else w.astype(np.float32)
-        pack_rows(keys, w, num_packs, pack_index, rank_in_pack)
+        pack_rows(keys, w, num_packs, pack_index, rank_in_pack, w.dtype == np.float32)
     return pack_index, rank_in_pack
 
 
@@ -215,3 +222,39 @@ def _preserve_slots(phy2log, old_phy2log, num_gpus, num_logical):
     log2phy = np.empty((out.shape[0], num_logical, max_count), dtype=np.int64)
     fill_log2phy(out, rank, log2phy)
     return out, log2phy
+
+
+def warmup(parallel: bool | None = None) -> float:
+    """Compile (or load from the on-disk cache) every kernel.
+
+    Call it before serving starts so the first real plan is fast.
+
+    Parameters
+    ----------
+    parallel : bool, optional
+        Also compile the multi-threaded kernel.  Default: only when
+        ``EPLB_NUMBA_THREADS`` asks for more than one thread.
+
+    Returns
+    -------
+    float
+        Seconds taken (about 20 s cold, well under a second from the cache).
+    """
+    import time
+
+    start = time.perf_counter()
+    w = np.arange(2 * 16, dtype=np.float32).reshape(2, 16)
+    rebalance_experts(w, 24, 4, 2, 8)  # hierarchical, sums in the kernel
+    rebalance_experts(w, 24, 3, 2, 8)  # global
+    _rebalance(w, check_layout(w.shape, 24, 4, 2, 8), w.reshape(2, 4, 4).sum(-1))  # torch adapter's sums
+    for dtype in (np.float32, np.float64, np.int64):
+        balanced_packing(w.astype(dtype), 4)
+    for dtype in (np.float32, np.float64):
+        replicate_experts(w.astype(dtype), 20)
+    p2l = rebalance_experts(w, 24, 4, 2, 8)[0]
+    _preserve_slots(p2l, p2l[:, ::-1].copy(), 8, 16)
+    if parallel or (parallel is None and parallel_threads() > 1):
+        phy2log = np.empty((2, 24), dtype=np.int64)
+        place_layers_parallel(w, _NO_SUMS, 4, 2, 8, phy2log, np.empty_like(phy2log),
+                              np.empty((2, 16), dtype=np.int64), np.empty((2, 16, 9), dtype=np.int64), 2)
+    return time.perf_counter() - start

@@ -11,7 +11,7 @@ import os
 
 import numba
 
-__all__ = ["JIT_OPTIONS", "jit"]
+__all__ = ["JIT_OPTIONS", "jit", "parallel_threads"]
 
 
 def _cache_enabled() -> bool:
@@ -31,6 +31,24 @@ JIT_OPTIONS: dict[str, object] = {
     # count, which is at least one.
     "error_model": "numpy",
 }
+
+
+def parallel_threads() -> int:
+    """Threads to split layers over; 1 (the default) keeps planning on the caller's thread.
+
+    ``EPLB_NUMBA_THREADS=N`` uses up to N of Numba's threads.  Off by default:
+    a planner running beside a serving loop should not take its cores, and
+    on the 2-core development machine it only pays at large sizes (see
+    ``docs/benchmarks.md``).  Numba's threads need a thread-safe threading
+    layer (OpenMP or TBB) for calls from several Python threads at once.
+    """
+    import numba as _numba
+
+    try:
+        wanted = int(os.environ.get("EPLB_NUMBA_THREADS", "1"))
+    except ValueError:
+        return 1
+    return max(1, min(wanted, _numba.config.NUMBA_NUM_THREADS))
 
 
 def jit(func=None, **overrides):

@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._kernels.placement import first_invalid
+
 __all__ = ["Layout", "as_count", "as_weight", "check_layout", "check_weight_values"]
 
 
@@ -44,7 +46,7 @@ def _check_dtype(dtype: np.dtype, name: str) -> None:
 
 def check_weight_values(w: np.ndarray, name: str) -> None:
     """Reject NaN, infinite and negative loads in an already-converted array."""
-    if w.size == 0:
+    if w.size == 0 or (w.ndim == 2 and first_invalid(w) < 0):
         return
     if w.dtype.kind == "f":
         finite = np.isfinite(w)

@@ -7,16 +7,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from eplb_numba._kernels.sort import SORT_STACK_SIZE, argsort_desc, heap_sort_desc  # noqa: E402
+from eplb_numba._kernels.sort import LOW, SORT_STACK_SIZE, argsort_desc, heap_sort_desc, pack_keys  # noqa: E402
 
 from .introsort_model import killer_sequence  # noqa: E402
 
 
 def ours(keys):
     keys = np.ascontiguousarray(keys, dtype=np.float32)
-    out = np.empty(keys.shape[0], dtype=np.int64)
-    argsort_desc(keys, out, np.empty_like(keys), np.empty(SORT_STACK_SIZE, dtype=np.int64))
-    return out
+    packed = np.empty(keys.shape[0], dtype=np.int64)
+    argsort_desc(keys, packed, np.empty(SORT_STACK_SIZE, dtype=np.int64))
+    return packed & LOW
 
 
 def torchs(keys):
@@ -49,6 +49,14 @@ def test_heapsort_fallback_matches_torch():
 def test_heap_sort_alone_sorts_descending(rng):
     for n in [2, 3, 16, 17, 100]:
         vals = rng.integers(0, 5, n).astype(np.float32)
-        idx = np.arange(n, dtype=np.int64)
-        heap_sort_desc(vals, idx, 0, n)
-        assert np.all(np.diff(vals) <= 0)
+        packed = np.empty(n, dtype=np.int64)
+        pack_keys(vals, packed)
+        heap_sort_desc(packed, 0, n)
+        order = packed & LOW
+        assert np.all(np.diff(vals[order]) <= 0)
+        assert sorted(order.tolist()) == list(range(n))
+
+
+def test_negative_zero_ties_with_zero():
+    keys = np.array([0.0, -0.0, 1.0, -0.0, 0.0] * 5, dtype=np.float32)
+    np.testing.assert_array_equal(ours(keys), torchs(keys))

@@ -12,6 +12,7 @@ after packing onto GPUs (GPU-major).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .._jit import jit
@@ -32,12 +33,13 @@ def _group_sums(w, num_groups, out):
 
 
 @jit
-def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt):
-    """Hierarchical placement of every layer of float32 ``weight`` [L, E].
+def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy, lo, hi):
+    """Hierarchical placement of layers ``lo:hi`` of float32 ``weight`` [L, E].
 
     ``group_sums`` [L, num_groups] holds precomputed group loads, or has zero
     rows to have them summed here.  Writes ``phy2log`` and ``phyrank`` [L, R]
-    and ``logcnt`` [L, E].
+    and ``logcnt`` [L, E]; also ``log2phy`` [L, E, R - E + 1] unless it has
+    zero layers.  Scratch is allocated once per call, not per layer.
     """
     num_layers, num_log = weight.shape
     num_phy = phy2log.shape[1]
@@ -46,11 +48,11 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
     log_per_node = num_log // num_nodes
     phy_per_node = num_phy // num_nodes
     gpus_per_node = num_gpus // num_nodes
+    slots_per_gpu = phy_per_node // gpus_per_node
     have_sums = group_sums.shape[0] == num_layers
+    want_log2phy = log2phy.shape[0] == num_layers
 
-    biggest = max(num_groups, phy_per_node)
-    sort_vals = np.empty(biggest, dtype=np.float32)
-    order = np.empty(biggest, dtype=np.int64)
+    packed = np.empty(max(num_groups, phy_per_node), dtype=np.int64)
     loads = np.empty(max(num_nodes, gpus_per_node), dtype=np.float32)
     items = np.empty(loads.shape[0], dtype=np.int64)
     heap = np.empty(max(num_nodes, gpus_per_node, log_per_node), dtype=np.int64)
@@ -71,7 +73,7 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
     gpu = np.empty(phy_per_node, dtype=np.int64)
     gpu_rank = np.empty(phy_per_node, dtype=np.int64)
 
-    for layer in range(num_layers):
+    for layer in range(lo, hi):
         w = weight[layer]
         # Step 1: groups to nodes.
         if groups_per_node == 1:
@@ -84,8 +86,7 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
                     sums[g] = group_sums[layer, g]
             else:
                 _group_sums(w, num_groups, sums)
-            pack_row(sums, sums, num_nodes, group_node, group_rank,
-                     sort_vals, order, loads, items, heap, stack)
+            pack_row(sums, sums, num_nodes, group_node, group_rank, packed, loads, items, heap, stack, True)
         for e in range(num_log):
             g = e // group_size
             m = (group_node[g] * groups_per_node + group_rank[g]) * group_size + e % group_size
@@ -97,15 +98,12 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
             # Step 2: replicas within the node.
             for j in range(log_per_node):
                 tokens[j] = w[mlog2log[base + j]]
-            replicate_row(tokens, phy_per_node, phy2mlog, rank,
-                          mlogcnt[base:base + log_per_node], cntf, ratio, heap)
+            replicate_row(tokens, phy_per_node, phy2mlog, rank, mlogcnt[base:base + log_per_node], cntf, ratio, heap)
             # Step 3: the node's replicas to its GPUs.
             for k in range(phy_per_node):
                 m = phy2mlog[k]
                 phy_load[k] = tokens[m] / np.float32(mlogcnt[base + m])
-            pack_row(phy_load, phy_load, gpus_per_node, gpu, gpu_rank,
-                     sort_vals, order, loads, items, heap, stack)
-            slots_per_gpu = phy_per_node // gpus_per_node
+            pack_row(phy_load, phy_load, gpus_per_node, gpu, gpu_rank, packed, loads, items, heap, stack, True)
             out = node * phy_per_node
             for k in range(phy_per_node):
                 q = out + gpu[k] * slots_per_gpu + gpu_rank[k]
@@ -114,6 +112,28 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
 
         for e in range(num_log):
             logcnt[layer, e] = mlogcnt[log2mlog[e]]
+        if want_log2phy:
+            table = log2phy[layer]
+            table[:, :] = -1
+            for q in range(num_phy):
+                table[phy2log[layer, q], phyrank[layer, q]] = q
+
+
+@jit
+def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy):
+    """``place_range`` over every layer, on the calling thread."""
+    place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy,
+                0, weight.shape[0])
+
+
+@jit(parallel=True)
+def place_layers_parallel(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy,
+                          blocks):
+    """``place_range`` over ``blocks`` contiguous blocks of layers, in parallel."""
+    num_layers = weight.shape[0]
+    for b in numba.prange(blocks):
+        place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy,
+                    b * num_layers // blocks, (b + 1) * num_layers // blocks)
 
 
 @jit
@@ -124,3 +144,23 @@ def fill_log2phy(phy2log, phyrank, log2phy):
         log2phy[layer] = -1
         for q in range(num_phy):
             log2phy[layer, phy2log[layer, q], phyrank[layer, q]] = q
+
+
+@jit
+def first_invalid(w):
+    """Flat index of the first NaN, infinite or negative entry of 2-D ``w``, or -1."""
+    rows, cols = w.shape
+    # A branch-free pass first (it vectorises); NaN fails both comparisons.
+    ok = True
+    for r in range(rows):
+        for c in range(cols):
+            x = w[r, c]
+            ok &= (x >= 0) & (x < np.inf)
+    if ok:
+        return -1
+    for r in range(rows):
+        for c in range(cols):
+            x = w[r, c]
+            if not (x >= 0 and x < np.inf):
+                return r * cols + c
+    return -1

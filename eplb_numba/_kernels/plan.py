@@ -1,21 +1,19 @@
-"""Greedy packing, replication and the hierarchical placement, per row.
+"""Greedy packing and replication, one row at a time.
 
 Each ``*_row`` kernel handles one layer (or one layer-node row) in
 preallocated scratch; the ``*_rows`` kernels loop over rows and own the
 scratch.  Tie-breaking follows the reference exactly:
 
-* packing visits items in torch's descending sort order (see ``sort.py``) and
+* packing visits items in torch's descending sort order (``sort.py``) and
   gives each to the lightest pack that still has room, the lowest pack index
-  on equal load.  A min-heap keyed on (load, pack index) finds that pack in
-  O(log m); full packs leave the heap.
+  on equal load;
 * replication gives each extra replica to the expert with the largest
   load / count, the lowest expert index on equal ratio (``max().indices``).
-  A max-heap keyed on (ratio, -index) finds it in O(log n).
 
-Because both heap keys are total orders, the heap's top is the unique item
-the reference's linear scan picks, whatever the heap's internal layout.
-Loads stay in the weight's dtype (float32 for ``rebalance_experts``) and
-accumulate in the reference's order, so every comparison sees the same bits.
+Both choices are minima of a total order, so any way of finding them picks
+the same item as the reference's linear scan.  Loads stay in the weight's
+dtype (float32 for ``rebalance_experts``) and accumulate in the reference's
+order, so every comparison sees the same bits.
 """
 
 from __future__ import annotations
@@ -23,12 +21,20 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import jit
-from .sort import SORT_STACK_SIZE, argsort_desc
+from .sort import LOW, SORT_STACK_SIZE, argsort_desc
+
+# Up to this many packs a branch-free scan beats a heap.
+_SCAN_PACKS = 64
+# Up to this many extra replicas (and fewer than the experts), candidates
+# are found once and scanned; beyond it a heap over all experts is cheaper.
+_SCAN_EXTRAS = 32
+_CLOSED = np.int64(0x7FFFFFFFFFFFFFFF)
 
 
 @jit
-def _pack_before(loads, a, b):
-    return loads[a] < loads[b] or (loads[a] == loads[b] and a < b)
+def _pack_before(load_a, a, load_b, b):
+    # Scalars only: a helper that takes an array is a real call per use.
+    return load_a < load_b or (load_a == load_b and a < b)
 
 
 @jit
@@ -38,58 +44,29 @@ def _sift_down_min(heap, size, loads, pos):
         child = 2 * pos + 1
         if child >= size:
             break
-        if child + 1 < size and _pack_before(loads, heap[child + 1], heap[child]):
-            child += 1
-        if not _pack_before(loads, heap[child], item):
+        c = heap[child]
+        if child + 1 < size:
+            d = heap[child + 1]
+            if _pack_before(loads[d], d, loads[c], c):
+                child += 1
+                c = d
+        if not _pack_before(loads[c], c, loads[item], item):
             break
-        heap[pos] = heap[child]
+        heap[pos] = c
         pos = child
     heap[pos] = item
 
 
 @jit
-def _expert_before(ratio, a, b):
-    return ratio[a] > ratio[b] or (ratio[a] == ratio[b] and a < b)
-
-
-@jit
-def _sift_down_max(heap, size, ratio, pos):
-    item = heap[pos]
-    while True:
-        child = 2 * pos + 1
-        if child >= size:
-            break
-        if child + 1 < size and _expert_before(ratio, heap[child + 1], heap[child]):
-            child += 1
-        if not _expert_before(ratio, heap[child], item):
-            break
-        heap[pos] = heap[child]
-        pos = child
-    heap[pos] = item
-
-
-@jit
-def pack_row(keys, weights, num_packs, pack_index, rank_in_pack, sort_vals, order, loads, items, heap, stack):
-    """Balanced packing of one row of ``n`` items into ``num_packs`` equal packs.
-
-    ``keys`` (float32) decide the visiting order, ``weights`` are accumulated;
-    the reference sorts ``weight.float()`` but adds ``weight`` itself.
-    """
-    n = keys.shape[0]
-    per_pack = n // num_packs
-    if per_pack == 1:
-        for i in range(n):
-            pack_index[i] = i
-            rank_in_pack[i] = 0
-        return
-    argsort_desc(keys, order, sort_vals, stack)
+def _greedy_heap(packed, weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap):
+    # Min-heap keyed on (load, pack index); full packs leave the heap.
     for p in range(num_packs):
         loads[p] = 0
         items[p] = 0
         heap[p] = p
     size = num_packs
-    for j in range(n):
-        item = order[j]
+    for j in range(packed.shape[0]):
+        item = packed[j] & LOW
         p = heap[0]
         pack_index[item] = p
         rank_in_pack[item] = items[p]
@@ -103,18 +80,132 @@ def pack_row(keys, weights, num_packs, pack_index, rank_in_pack, sort_vals, orde
 
 
 @jit
+def _greedy_scan_f32(packed, weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, keys):
+    # keys[p] = (bits of float32 load << 32) | p, or _CLOSED once full: the
+    # integer minimum is the lightest open pack, lowest index first, and the
+    # min-reduction compiles to vector instructions without branches.
+    bits = loads.view(np.int32)
+    for p in range(num_packs):
+        loads[p] = 0
+        items[p] = 0
+        keys[p] = p
+    for j in range(packed.shape[0]):
+        item = packed[j] & LOW
+        best = keys[0]
+        for p in range(1, num_packs):
+            best = min(best, keys[p])
+        p = best & LOW
+        pack_index[item] = p
+        rank_in_pack[item] = items[p]
+        loads[p] += weights[item]
+        items[p] += 1
+        if items[p] == per_pack:
+            keys[p] = _CLOSED
+        else:
+            keys[p] = (np.int64(bits[p]) << 32) | p
+
+
+@jit
+def pack_row(keys, weights, num_packs, pack_index, rank_in_pack, packed, loads, items, heap, stack, f32_loads):
+    """Balanced packing of one row of ``n`` items into ``num_packs`` equal packs.
+
+    ``keys`` (float32) decide the visiting order and ``weights`` are summed:
+    the reference sorts ``weight.float()`` but adds ``weight`` itself.
+    ``loads`` has ``weights``' dtype; when that is float32 (``f32_loads``)
+    and packs are few, a vectorised scan replaces the heap.
+    """
+    n = keys.shape[0]
+    per_pack = n // num_packs
+    if per_pack == 1:
+        for i in range(n):
+            pack_index[i] = i
+            rank_in_pack[i] = 0
+        return
+    argsort_desc(keys, packed[:n], stack)
+    if f32_loads and num_packs <= _SCAN_PACKS:
+        _greedy_scan_f32(packed[:n], weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap)
+    else:
+        _greedy_heap(packed[:n], weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap)
+
+
+@jit
+def _expert_before(ratio_a, a, ratio_b, b):
+    return ratio_a > ratio_b or (ratio_a == ratio_b and a < b)
+
+
+@jit
+def _sift_down_max(heap, size, ratio, pos):
+    item = heap[pos]
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        c = heap[child]
+        if child + 1 < size:
+            d = heap[child + 1]
+            if _expert_before(ratio[d], d, ratio[c], c):
+                child += 1
+                c = d
+        if not _expert_before(ratio[c], c, ratio[item], item):
+            break
+        heap[pos] = c
+        pos = child
+    heap[pos] = item
+
+
+@jit
 def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
-    """Give ``num_phy - n`` extra replicas to the ``n`` experts of one row."""
+    """Give ``num_phy - n`` extra replicas to the ``n`` experts of one row.
+
+    ``cntf`` and ``ratio`` are scratch of ``weights``' dtype, ``heap`` int64,
+    each at least ``n`` long.
+    """
     num_log = weights.shape[0]
+    extras = num_phy - num_log
     for e in range(num_log):
         phy2log[e] = e
         rank[e] = 0
         logcnt[e] = 1
-    if num_phy == num_log:
+    if extras == 0:
+        return
+    if extras <= _SCAN_EXTRAS and extras < num_log:
+        # Within k picks only the k heaviest experts (lowest index first on
+        # equal load) can be picked: an expert's first pick needs every
+        # expert ahead of it to have been picked already.  Keep those k,
+        # heaviest first, and scan them for each pick.
+        size = 0
+        for e in range(num_log):
+            w = weights[e]
+            if size == extras and not w > weights[heap[size - 1]]:
+                continue
+            pos = size if size < extras else extras - 1
+            while pos > 0 and w > weights[heap[pos - 1]]:
+                heap[pos] = heap[pos - 1]
+                pos -= 1
+            heap[pos] = e
+            if size < extras:
+                size += 1
+        for c in range(extras):
+            e = heap[c]
+            cntf[c] = 1
+            ratio[c] = weights[e]
+        for i in range(num_log, num_phy):
+            best = 0
+            for c in range(1, extras):
+                if ratio[c] > ratio[best] or (ratio[c] == ratio[best] and heap[c] < heap[best]):
+                    best = c
+            e = heap[best]
+            phy2log[i] = e
+            rank[i] = logcnt[e]
+            logcnt[e] += 1
+            cntf[best] += 1
+            # weights / logcnt in the reference: the count is cast to the
+            # load's dtype before dividing.
+            ratio[best] = weights[e] / cntf[best]
         return
     for e in range(num_log):
         cntf[e] = 1
-        ratio[e] = weights[e] / cntf[e]
+        ratio[e] = weights[e]
         heap[e] = e
     for pos in range(num_log // 2 - 1, -1, -1):
         _sift_down_max(heap, num_log, ratio, pos)
@@ -124,25 +215,22 @@ def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
         rank[i] = logcnt[e]
         logcnt[e] += 1
         cntf[e] += 1
-        # The reference divides the float load by the count cast to the
-        # load's dtype: weights / logcnt with type promotion.
         ratio[e] = weights[e] / cntf[e]
         _sift_down_max(heap, num_log, ratio, 0)
 
 
 @jit
-def pack_rows(keys, weights, num_packs, pack_index, rank_in_pack):
+def pack_rows(keys, weights, num_packs, pack_index, rank_in_pack, f32_loads):
     """``pack_row`` over every row of 2-D ``keys``/``weights``."""
     rows, n = keys.shape
-    sort_vals = np.empty(n, dtype=np.float32)
-    order = np.empty(n, dtype=np.int64)
+    packed = np.empty(n, dtype=np.int64)
     loads = np.empty(num_packs, dtype=weights.dtype)
     items = np.empty(num_packs, dtype=np.int64)
     heap = np.empty(num_packs, dtype=np.int64)
     stack = np.empty(SORT_STACK_SIZE, dtype=np.int64)
     for r in range(rows):
-        pack_row(keys[r], weights[r], num_packs, pack_index[r], rank_in_pack[r],
-                 sort_vals, order, loads, items, heap, stack)
+        pack_row(keys[r], weights[r], num_packs, pack_index[r], rank_in_pack[r], packed, loads, items, heap, stack,
+                 f32_loads)
 
 
 @jit

@@ -8,11 +8,17 @@ insertion sort.  Introsort is not stable, and which of two equal loads comes
 first decides placements, so this file follows the same steps move for move.
 A stable sort would agree only on rows of at most 16 elements.
 
-All functions work on two parallel arrays, ``vals`` (the keys) and ``idx``
-(what travels with them), over the half-open range ``[first, last)``.
+Each (value, index) pair travels as one int64: the float32's bits in the
+high word, the index in the low word.  For non-negative floats the bit
+pattern orders like the value, so "value of a > value of b" is the integer
+test ``a > (b | LOW)``, which ignores b's index and keeps ties unordered, as
+the original comparator does.  Moving one word instead of two halves the
+memory traffic of every swap and shift.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from .._jit import jit
 
@@ -24,133 +30,132 @@ _THRESHOLD = 16
 # so at most 2 * 63 + 1 are pending for any int64 length; three words each.
 SORT_STACK_SIZE = 3 * 130
 
-
-@jit
-def _swap(vals, idx, i, j):
-    v = vals[i]
-    vals[i] = vals[j]
-    vals[j] = v
-    k = idx[i]
-    idx[i] = idx[j]
-    idx[j] = k
+LOW = np.int64(0xFFFFFFFF)
 
 
 @jit
-def _adjust_heap(vals, idx, first, hole, length, val, ix):
-    # Sift a hole at ``hole`` down to a leaf, then push (val, ix) back up:
+def pack_keys(keys, out):
+    """``out[i]`` = (bits of float32 ``keys[i]`` << 32) | i, for keys >= 0."""
+    bits = keys.view(np.int32)
+    for i in range(keys.shape[0]):
+        b = bits[i]
+        if b < 0:  # -0.0 equals 0.0
+            b = 0
+        out[i] = (np.int64(b) << 32) | i
+
+
+@jit
+def _gt(a, b):
+    return a > (b | LOW)
+
+
+@jit
+def _adjust_heap(a, first, hole, length, value):
+    # Sift a hole at ``hole`` down to a leaf, then push ``value`` back up:
     # the two-phase heap fix-up libstdc++ uses for make_heap and pop_heap.
     top = hole
     child = hole
     while child < (length - 1) // 2:
         child = 2 * (child + 1)
-        if vals[first + child] > vals[first + child - 1]:
+        if _gt(a[first + child], a[first + child - 1]):
             child -= 1
-        vals[first + hole] = vals[first + child]
-        idx[first + hole] = idx[first + child]
+        a[first + hole] = a[first + child]
         hole = child
     if (length & 1) == 0 and child == (length - 2) // 2:
         child = 2 * (child + 1)
-        vals[first + hole] = vals[first + child - 1]
-        idx[first + hole] = idx[first + child - 1]
+        a[first + hole] = a[first + child - 1]
         hole = child - 1
     parent = (hole - 1) // 2
-    while hole > top and vals[first + parent] > val:
-        vals[first + hole] = vals[first + parent]
-        idx[first + hole] = idx[first + parent]
+    while hole > top and _gt(a[first + parent], value):
+        a[first + hole] = a[first + parent]
         hole = parent
         parent = (hole - 1) // 2
-    vals[first + hole] = val
-    idx[first + hole] = ix
+    a[first + hole] = value
 
 
 @jit
-def heap_sort_desc(vals, idx, first, last):
+def heap_sort_desc(a, first, last):
     """Heapsort of ``[first, last)`` as ``std::__partial_sort(first, last, last)``."""
     length = last - first
     if length >= 2:
         parent = (length - 2) // 2
         while True:
-            _adjust_heap(vals, idx, first, parent, length, vals[first + parent], idx[first + parent])
+            _adjust_heap(a, first, parent, length, a[first + parent])
             if parent == 0:
                 break
             parent -= 1
     while last - first > 1:
         last -= 1
-        v = vals[last]
-        k = idx[last]
-        vals[last] = vals[first]
-        idx[last] = idx[first]
-        _adjust_heap(vals, idx, first, 0, last - first, v, k)
+        value = a[last]
+        a[last] = a[first]
+        _adjust_heap(a, first, 0, last - first, value)
 
 
 @jit
-def _partition_pivot(vals, idx, first, last):
+def _partition_pivot(a, first, last):
     mid = first + (last - first) // 2
-    a = first + 1
-    b = mid
-    c = last - 1
+    x = a[first + 1]
+    y = a[mid]
+    z = a[last - 1]
     # Median of (first + 1, middle, last - 1) moves to ``first``.
-    if vals[a] > vals[b]:
-        if vals[b] > vals[c]:
-            m = b
-        elif vals[a] > vals[c]:
-            m = c
+    if _gt(x, y):
+        if _gt(y, z):
+            m = mid
+        elif _gt(x, z):
+            m = last - 1
         else:
-            m = a
-    elif vals[a] > vals[c]:
-        m = a
-    elif vals[b] > vals[c]:
-        m = c
+            m = first + 1
+    elif _gt(x, z):
+        m = first + 1
+    elif _gt(y, z):
+        m = last - 1
     else:
-        m = b
-    _swap(vals, idx, first, m)
-    # Unguarded Hoare partition of [first + 1, last) around vals[first].
-    pivot = vals[first]
+        m = mid
+    t = a[first]
+    a[first] = a[m]
+    a[m] = t
+    # Unguarded Hoare partition of [first + 1, last) around a[first].
+    pivot = a[first]
+    pivot_hi = pivot | LOW
     lo = first + 1
     hi = last
     while True:
-        while vals[lo] > pivot:
+        while a[lo] > pivot_hi:
             lo += 1
         hi -= 1
-        while pivot > vals[hi]:
+        while pivot > (a[hi] | LOW):
             hi -= 1
         if not lo < hi:
             return lo
-        _swap(vals, idx, lo, hi)
+        t = a[lo]
+        a[lo] = a[hi]
+        a[hi] = t
         lo += 1
 
 
 @jit
-def _linear_insert(vals, idx, i):
-    v = vals[i]
-    k = idx[i]
-    j = i - 1
-    while v > vals[j]:
-        vals[j + 1] = vals[j]
-        idx[j + 1] = idx[j]
-        j -= 1
-    vals[j + 1] = v
-    idx[j + 1] = k
-
-
-@jit
-def _insertion_sort(vals, idx, first, last):
-    for i in range(first + 1, last):
-        v = vals[i]
-        if v > vals[first]:
-            k = idx[i]
+def _insertion_sort(a, first, last, guarded):
+    # libstdc++'s __insertion_sort (guarded) and __unguarded_insertion_sort,
+    # which relies on a larger element before ``first``.  Written as one loop
+    # because a call per element, passing the array, costs more than the
+    # shifting itself.
+    for i in range(first + 1 if guarded else first, last):
+        value = a[i]
+        if guarded and value > (a[first] | LOW):
             for j in range(i, first, -1):
-                vals[j] = vals[j - 1]
-                idx[j] = idx[j - 1]
-            vals[first] = v
-            idx[first] = k
+                a[j] = a[j - 1]
+            a[first] = value
         else:
-            _linear_insert(vals, idx, i)
+            j = i - 1
+            while value > (a[j] | LOW):
+                a[j + 1] = a[j]
+                j -= 1
+            a[j + 1] = value
 
 
 @jit
-def sort_desc(vals, idx, first, last, stack):
-    """Sort ``[first, last)`` descending by ``vals``, moving ``idx`` along.
+def sort_desc(a, first, last, stack):
+    """Sort packed pairs ``a[first:last]`` descending by value, as ``std::sort``.
 
     ``stack`` is int64 scratch of ``SORT_STACK_SIZE`` entries; it replaces
     the recursion of the original on the right-hand parts, which touch
@@ -175,33 +180,24 @@ def sort_desc(vals, idx, first, last, stack):
         d = stack[3 * top + 2]
         while hi - lo > _THRESHOLD:
             if d == 0:
-                heap_sort_desc(vals, idx, lo, hi)
+                heap_sort_desc(a, lo, hi)
                 break
             d -= 1
-            cut = _partition_pivot(vals, idx, lo, hi)
+            cut = _partition_pivot(a, lo, hi)
             stack[3 * top] = cut
             stack[3 * top + 1] = hi
             stack[3 * top + 2] = d
             top += 1
             hi = cut
     if n > _THRESHOLD:
-        _insertion_sort(vals, idx, first, first + _THRESHOLD)
-        for i in range(first + _THRESHOLD, last):
-            _linear_insert(vals, idx, i)
+        _insertion_sort(a, first, first + _THRESHOLD, True)
+        _insertion_sort(a, first + _THRESHOLD, last, False)
     else:
-        _insertion_sort(vals, idx, first, last)
-
+        _insertion_sort(a, first, last, True)
 
 
 @jit
-def argsort_desc(keys, out_idx, vals, stack):
-    """Indices of ``keys`` in torch's descending order, written to ``out_idx``.
-
-    ``vals`` is scratch of ``keys``' length and dtype.
-    """
-    n = keys.shape[0]
-    for i in range(n):
-        vals[i] = keys[i]
-        out_idx[i] = i
-    sort_desc(vals, out_idx, 0, n, stack)
-
+def argsort_desc(keys, packed, stack):
+    """Sort float32 ``keys`` (non-negative) into ``packed``; index = ``packed & LOW``."""
+    pack_keys(keys, packed)
+    sort_desc(packed, 0, keys.shape[0], stack)

@@ -1,0 +1,61 @@
+"""Threads, the multi-threaded kernel, and processes sharing a cold compile cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import eplb_numba
+
+from .conftest import make_loads
+
+
+def test_parallel_layers_match_serial(monkeypatch, rng):
+    w = make_loads(rng, "ties", (13, 64))
+    serial = eplb_numba.rebalance_experts(w, 80, 8, 2, 16)
+    monkeypatch.setenv("EPLB_NUMBA_THREADS", "2")
+    parallel = eplb_numba.rebalance_experts(w, 80, 8, 2, 16)
+    for a, b in zip(parallel, serial):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_concurrent_calls_match_serial(rng):
+    loads = [make_loads(rng, kind, (58, 256)) for kind in ("ties", "uniform", "zipf", "zeros")] * 4
+    serial = [eplb_numba.rebalance_experts(w, 288, 8, 4, 32) for w in loads]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        threaded = list(pool.map(lambda w: eplb_numba.rebalance_experts(w, 288, 8, 4, 32), loads))
+    for got, want in zip(threaded, serial):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+CHILD = """
+import json, numpy as np, eplb_numba
+w = (np.arange(58 * 256).reshape(58, 256) * 7919) % 1000
+p, l, c = eplb_numba.rebalance_experts(w, 288, 8, 4, 32)
+print(json.dumps([int(p.sum()), int(l.sum()), int(c.sum()), p[:2].tolist()]))
+"""
+
+
+def test_processes_racing_on_an_empty_cache(tmp_path):
+    # Numba's cache has a known multi-process race (numba issue 4807): start
+    # several interpreters at once on an empty cache directory.
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "EPLB_NUMBA_CACHE": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err
+    results = {out for out, _ in outputs}
+    assert len(results) == 1
+    expected = eplb_numba.rebalance_experts((np.arange(58 * 256).reshape(58, 256) * 7919) % 1000, 288, 8, 4, 32)
+    got = json.loads(results.pop())
+    assert got[:3] == [int(a.sum()) for a in expected]
+    assert got[3] == expected[0][:2].tolist()
