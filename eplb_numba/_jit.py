@@ -54,7 +54,11 @@ def parallel_threads() -> int:
 def jit(func=None, **overrides):
     """Compile ``func`` with the package's Numba options.
 
-    Usable bare (``@jit``) or with per-kernel overrides (``@jit(inline="always")``).
+    Usable bare (``@jit``) or with per-kernel overrides.  The one override in
+    use is ``inline="always"`` on helpers called once per row: Numba then
+    inlines them at its IR level, saving the call (a dozen array structs
+    passed and reference-counted) that LLVM does not remove; measured about
+    15% of a DeepSeek-V3 plan.
     """
     options = {**JIT_OPTIONS, **overrides}
 

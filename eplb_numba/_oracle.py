@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["REFERENCES", "balanced_packing", "rebalance_experts", "rebalance_experts_hierarchical", "replicate_experts"]
+__all__ = [
+    "REFERENCES",
+    "balanced_packing",
+    "balanced_packing_loops",
+    "rebalance_experts",
+    "rebalance_experts_hierarchical",
+    "rebalance_experts_loops",
+    "replicate_experts",
+]
 
 
 def balanced_packing(weight: torch.Tensor, num_packs: int):
@@ -45,6 +53,34 @@ def balanced_packing(weight: torch.Tensor, num_packs: int):
     return pack_index, rank_in_pack
 
 
+def balanced_packing_loops(weight: torch.Tensor, num_packs: int):
+    """The same packing with per-row, per-item Python loops over torch scalars.
+
+    This is the loop structure of the reference itself, so its cost is the
+    reference's; the benchmarks time it as "torch reference".
+    """
+    rows, n = weight.shape
+    per_pack = n // num_packs
+    if per_pack == 1:
+        return balanced_packing(weight, num_packs)
+    order = weight.float().sort(-1, descending=True).indices
+    pack_index = torch.full((rows, n), -1, dtype=torch.int64)
+    rank_in_pack = torch.full((rows, n), -1, dtype=torch.int64)
+    for r in range(rows):
+        loads = [0] * num_packs
+        counts = [0] * num_packs
+        for item in order[r]:
+            best = None
+            for p in range(num_packs):
+                if counts[p] < per_pack and (best is None or loads[p] < loads[best]):
+                    best = p
+            pack_index[r, item] = best
+            rank_in_pack[r, item] = counts[best]
+            loads[best] = loads[best] + weight[r, item]
+            counts[best] += 1
+    return pack_index, rank_in_pack
+
+
 def replicate_experts(weight: torch.Tensor, num_phy: int):
     rows, num_log = weight.shape
     phy2log = torch.arange(num_phy).repeat(rows, 1)
@@ -65,7 +101,8 @@ def _invert(perm: torch.Tensor) -> torch.Tensor:
     return inv
 
 
-def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num_nodes, num_gpus):
+def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num_nodes, num_gpus,
+                                   packing=balanced_packing):
     layers, num_log = weight.shape
     group_size = num_log // num_groups
     groups_per_node = num_groups // num_nodes
@@ -75,7 +112,7 @@ def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num
 
     # 1. groups onto nodes; experts renumbered node-major ("mlog").
     group_load = weight.unflatten(-1, (num_groups, group_size)).sum(-1)
-    node, rank_on_node = balanced_packing(group_load, num_nodes)
+    node, rank_on_node = packing(group_load, num_nodes)
     first_mlog = (node * groups_per_node + rank_on_node) * group_size
     log2mlog = (first_mlog.unsqueeze(-1) + torch.arange(group_size)).flatten(-2)
     mlog2log = _invert(log2mlog)
@@ -86,7 +123,7 @@ def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num
 
     # 3. each node's replicas onto its GPUs.
     replica_load = (mlog_load / mlog_count).gather(-1, phy2mlog)
-    gpu, rank_on_gpu = balanced_packing(replica_load, num_gpus // num_nodes)
+    gpu, rank_on_gpu = packing(replica_load, num_gpus // num_nodes)
     slot_of_phy = gpu * slots_per_gpu + rank_on_gpu
     phy_of_slot = _invert(slot_of_phy)
 
@@ -98,13 +135,15 @@ def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num
     return slot2log, slot_rank, logcnt
 
 
-def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, packing=balanced_packing):
     layers, num_log = weight.shape
     weight = weight.float().cpu()
     if num_groups % num_nodes == 0:
-        phy2log, rank, logcnt = rebalance_experts_hierarchical(weight, num_replicas, num_groups, num_nodes, num_gpus)
+        phy2log, rank, logcnt = rebalance_experts_hierarchical(
+            weight, num_replicas, num_groups, num_nodes, num_gpus, packing
+        )
     else:
-        phy2log, rank, logcnt = rebalance_experts_hierarchical(weight, num_replicas, 1, 1, num_gpus)
+        phy2log, rank, logcnt = rebalance_experts_hierarchical(weight, num_replicas, 1, 1, num_gpus, packing)
     max_count = num_replicas - num_log + 1
     log2phy = torch.full((layers, num_log, max_count), -1, dtype=torch.int64)
     slots = torch.arange(num_replicas).expand(layers, -1)
@@ -113,8 +152,15 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
     return phy2log, log2phy, logcnt
 
 
+def rebalance_experts_loops(weight, num_replicas, num_groups, num_nodes, num_gpus):
+    """``rebalance_experts`` packing with the reference's own per-item loops."""
+    return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, balanced_packing_loops)
+
+
 REFERENCES = {
     "balanced_packing": balanced_packing,
+    "balanced_packing_loops": balanced_packing_loops,
+    "rebalance_experts_loops": rebalance_experts_loops,
     "replicate_experts": replicate_experts,
     "rebalance_experts_hierarchical": rebalance_experts_hierarchical,
     "rebalance_experts": rebalance_experts,

@@ -65,7 +65,9 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
     """:func:`eplb_numba.rebalance_experts` over a tensor on any device.
 
     Returns ``(phy2log, log2phy, logcnt)`` as int64 tensors on
-    ``weight.device``; see the NumPy function for shapes.
+    ``weight.device``; see the NumPy function for shapes.  For a CUDA input
+    the kernels write straight into pinned host buffers, copied to the GPU
+    asynchronously on the current stream.
     """
     weight = _as_tensor(weight)
     w = _host_float32(weight)
@@ -74,7 +76,18 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
     if layout.hierarchical and layout.num_groups != layout.num_nodes and layout.num_layers:
         # torch's own float32 reduction, as the reference sums groups.
         sums = w.unflatten(-1, (layout.num_groups, layout.num_logical // layout.num_groups)).sum(-1).numpy()
-    return _to_device(_api._rebalance(w.numpy(), layout, sums), weight.device)
+    device = weight.device
+    if device.type == "cpu":
+        return tuple(_torch.from_numpy(a) for a in _api._rebalance(w.numpy(), layout, sums))
+    shapes = (
+        (layout.num_layers, layout.num_replicas),
+        (layout.num_layers, layout.num_logical, layout.num_replicas - layout.num_logical + 1),
+        (layout.num_layers, layout.num_logical),
+    )
+    pin = device.type == "cuda"
+    host = tuple(_torch.empty(s, dtype=_torch.int64, pin_memory=pin) for s in shapes)
+    _api._rebalance(w.numpy(), layout, sums, out=tuple(t.numpy() for t in host))
+    return tuple(t.to(device, non_blocking=pin) for t in host)
 
 
 def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num_nodes, num_gpus):

@@ -108,3 +108,14 @@ def test_deepseek_readme_example():
         [7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1],
     ]
     assert_same((phy2log, log2phy, logcnt), _oracle.rebalance_experts(torch.from_numpy(w), 16, 4, 2, 8))
+
+
+def test_loop_structured_oracle_agrees(rng):
+    # The benchmarks time the loop-structured oracle; it must plan the same.
+    for model in ("deepseek-v3-ep32", "kimi-k2-ep64"):
+        layers, experts, replicas, groups, nodes, gpus = MODEL_CONFIGS[model]
+        w = torch.from_numpy(make_loads(rng, "ties", (4, experts)))
+        assert_same(
+            _oracle.rebalance_experts_loops(w, replicas, groups, nodes, gpus),
+            _oracle.rebalance_experts(w, replicas, groups, nodes, gpus),
+        )

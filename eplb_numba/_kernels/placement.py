@@ -20,7 +20,7 @@ from .plan import pack_row, replicate_row
 from .sort import SORT_STACK_SIZE
 
 
-@jit
+@jit(inline="always")
 def _group_sums(w, num_groups, out):
     # Sequential float32 sums; exact (so equal to torch's own reduction) for
     # integer-valued loads whose group sums stay below 2**24.
@@ -113,10 +113,13 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
         for e in range(num_log):
             logcnt[layer, e] = mlogcnt[log2mlog[e]]
         if want_log2phy:
-            table = log2phy[layer]
-            table[:, :] = -1
+            # Plain loops: Numba's broadcast assignment to a 2-D view is
+            # several times slower than writing the rows out.
+            for e in range(num_log):
+                for k in range(log2phy.shape[2]):
+                    log2phy[layer, e, k] = -1
             for q in range(num_phy):
-                table[phy2log[layer, q], phyrank[layer, q]] = q
+                log2phy[layer, phy2log[layer, q], phyrank[layer, q]] = q
 
 
 @jit

@@ -37,7 +37,7 @@ def _pack_before(load_a, a, load_b, b):
     return load_a < load_b or (load_a == load_b and a < b)
 
 
-@jit
+@jit(inline="always")
 def _sift_down_min(heap, size, loads, pos):
     item = heap[pos]
     while True:
@@ -57,7 +57,7 @@ def _sift_down_min(heap, size, loads, pos):
     heap[pos] = item
 
 
-@jit
+@jit(inline="always")
 def _greedy_heap(packed, weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap):
     # Min-heap keyed on (load, pack index); full packs leave the heap.
     for p in range(num_packs):
@@ -79,7 +79,7 @@ def _greedy_heap(packed, weights, num_packs, per_pack, pack_index, rank_in_pack,
             _sift_down_min(heap, size, loads, 0)
 
 
-@jit
+@jit(inline="always")
 def _greedy_scan_f32(packed, weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, keys):
     # keys[p] = (bits of float32 load << 32) | p, or _CLOSED once full: the
     # integer minimum is the lightest open pack, lowest index first, and the
@@ -105,7 +105,7 @@ def _greedy_scan_f32(packed, weights, num_packs, per_pack, pack_index, rank_in_p
             keys[p] = (np.int64(bits[p]) << 32) | p
 
 
-@jit
+@jit(inline="always")
 def pack_row(keys, weights, num_packs, pack_index, rank_in_pack, packed, loads, items, heap, stack, f32_loads):
     """Balanced packing of one row of ``n`` items into ``num_packs`` equal packs.
 
@@ -133,7 +133,7 @@ def _expert_before(ratio_a, a, ratio_b, b):
     return ratio_a > ratio_b or (ratio_a == ratio_b and a < b)
 
 
-@jit
+@jit(inline="always")
 def _sift_down_max(heap, size, ratio, pos):
     item = heap[pos]
     while True:
@@ -153,7 +153,7 @@ def _sift_down_max(heap, size, ratio, pos):
     heap[pos] = item
 
 
-@jit
+@jit(inline="always")
 def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
     """Give ``num_phy - n`` extra replicas to the ``n`` experts of one row.
 

@@ -33,7 +33,7 @@ SORT_STACK_SIZE = 3 * 130
 LOW = np.int64(0xFFFFFFFF)
 
 
-@jit
+@jit(inline="always")
 def pack_keys(keys, out):
     """``out[i]`` = (bits of float32 ``keys[i]`` << 32) | i, for keys >= 0."""
     bits = keys.view(np.int32)
@@ -91,7 +91,7 @@ def heap_sort_desc(a, first, last):
         _adjust_heap(a, first, 0, last - first, value)
 
 
-@jit
+@jit(inline="always")
 def _partition_pivot(a, first, last):
     mid = first + (last - first) // 2
     x = a[first + 1]
@@ -133,7 +133,7 @@ def _partition_pivot(a, first, last):
         lo += 1
 
 
-@jit
+@jit(inline="always")
 def _insertion_sort(a, first, last, guarded):
     # libstdc++'s __insertion_sort (guarded) and __unguarded_insertion_sort,
     # which relies on a larger element before ``first``.  Written as one loop
@@ -153,7 +153,7 @@ def _insertion_sort(a, first, last, guarded):
             a[j + 1] = value
 
 
-@jit
+@jit(inline="always")
 def sort_desc(a, first, last, stack):
     """Sort packed pairs ``a[first:last]`` descending by value, as ``std::sort``.
 
@@ -196,7 +196,7 @@ def sort_desc(a, first, last, stack):
         _insertion_sort(a, first, last, True)
 
 
-@jit
+@jit(inline="always")
 def argsort_desc(keys, packed, stack):
     """Sort float32 ``keys`` (non-negative) into ``packed``; index = ``packed & LOW``."""
     pack_keys(keys, packed)

@@ -1,0 +1,91 @@
+"""GPU end to end: a CUDA weight tensor in, CUDA int64 tensors out, synchronised.
+
+``python bench/gpu.py [--out DIR]`` on a machine with a CUDA GPU.  For each
+model row it checks the result against the plain-torch oracle, then times
+``eplb_numba.torch.rebalance_experts`` plus ``torch.cuda.synchronize()``
+(median and p99 over many warm runs) beside the reference in the same run,
+and writes ``gpu.json`` and ``gpu.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+import eplb_numba
+from eplb_numba import _oracle
+from eplb_numba import torch as eplb_torch
+from eplb_numba._bench import MODEL_ROWS, machine
+from eplb_numba._workload import deepseek_v3_loads
+
+
+def timed(fn, runs):
+    fn()
+    out = []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        out.append(time.perf_counter() - t)
+    arr = np.array(out) * 1e6
+    return {"median_us": float(np.median(arr)), "p99_us": float(np.percentile(arr, 99)), "runs": runs}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default=".")
+    p.add_argument("--runs", type=int, default=300)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench/gpu.py needs a CUDA GPU")
+    print(f"warmup (compile) {eplb_numba.warmup():.1f} s", flush=True)
+    info = machine()
+    info["gpu"] = torch.cuda.get_device_name(0)
+    rows = []
+    for name, (layers, experts, replicas, groups, nodes, gpus) in MODEL_ROWS.items():
+        w = torch.from_numpy(deepseek_v3_loads(layers, experts, seed=1)).cuda()
+        cfg = (replicas, groups, nodes, gpus)
+        got = eplb_torch.rebalance_experts(w, *cfg)
+        torch.cuda.synchronize()
+        want = _oracle.rebalance_experts(w, *cfg)
+        identical = all(g.device.type == "cuda" and g.dtype == torch.int64 and torch.equal(g.cpu(), e)
+                        for g, e in zip(got, want))
+        row = {
+            "name": name,
+            "identical_to_oracle": identical,
+            "cuda_end_to_end": timed(lambda: eplb_torch.rebalance_experts(w, *cfg), args.runs),
+            "numpy_on_host": timed(lambda: eplb_numba.rebalance_experts(w.cpu().numpy(), *cfg), args.runs),
+            "torch_reference": timed(lambda: _oracle.rebalance_experts_loops(w, *cfg), 3),
+        }
+        row["speedup"] = row["torch_reference"]["median_us"] / row["cuda_end_to_end"]["median_us"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    lines = [
+        f"GPU: {info['gpu']}; host CPU: {info['cpu']} ({info['cores']} cores); torch {info.get('torch')}, "
+        f"Numba {info['numba']}, NumPy {info['numpy']}. Microseconds, median (p99).",
+        "",
+        "| case | identical | CUDA in -> CUDA out, synchronised | NumPy path on the host | torch reference (CUDA in) | speed-up |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        f = lambda s: f"{s['median_us']:,.0f} (p99 {s['p99_us']:,.0f})"  # noqa: E731
+        lines.append(f"| {r['name']} | {r['identical_to_oracle']} | {f(r['cuda_end_to_end'])} | "
+                     f"{f(r['numpy_on_host'])} | {f(r['torch_reference'])} | {r['speedup']:,.0f}x |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu.json"), "w") as fh:
+        json.dump({"machine": info, "rows": rows}, fh, indent=2)
+    with open(os.path.join(args.out, "gpu.md"), "w") as fh:
+        fh.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Benchmark eplb-numba against the torch reference: ``python bench/run.py``.
+
+Prints a table and writes ``bench/results/benchmarks.{json,md}``, which
+``docs/benchmarks.md`` quotes.  ``--quick`` skips the scaling sweep and the
+cold-start measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from eplb_numba._bench import run
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="model rows only; no sweep, no cold start")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = p.parse_args(argv)
+    _, text = run(out_dir=args.out, sweep=not args.quick, cold=not args.quick,
+                  progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The benchmark behind ``bench/run.py`` and ``eplb-numba bench``.
+
+Medians and p99 over many warm runs of: the plain-torch reference (the
+project's oracle, ``_oracle.REFERENCES``), vLLM's own function when vLLM is
+importable, the NumPy path, the torch adapter on CPU, and the floor — the
+bare cost of allocating and filling the three output arrays.  Also: GIL
+release, cold start, and processes racing on an empty compile cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+from ._api import rebalance_experts, warmup
+from ._workload import deepseek_v3_loads
+
+# name: (layers, experts, replicas, groups, nodes, gpus)
+MODEL_ROWS = {
+    "DeepSeek-V3 EP32": (58, 256, 288, 8, 4, 32),
+    "DeepSeek-V3 decode EP144 (global)": (58, 256, 288, 8, 18, 144),
+    "Qwen3-235B EP16": (94, 128, 144, 8, 2, 16),
+    "Kimi-K2 EP64": (60, 384, 448, 1, 8, 64),
+}
+SWEEP_ROWS = {
+    "sweep 10x256->512 / 64 GPUs": (10, 256, 512, 8, 8, 64),
+    "sweep 25x512->1024 / 128 GPUs": (25, 512, 1024, 8, 16, 128),
+    "sweep 50x1024->2048 / 256 GPUs": (50, 1024, 2048, 8, 32, 256),
+    "sweep 100x1024->4096 / 1024 GPUs": (100, 1024, 4096, 8, 128, 1024),
+}
+
+
+def _times(fn, runs, budget_s):
+    """Run ``fn`` up to ``runs`` times (stopping after ``budget_s``); seconds per run."""
+    fn()  # warm-up: compile, caches, allocator
+    out = []
+    start = time.perf_counter()
+    while len(out) < runs and (len(out) < 3 or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _summary(times):
+    if not times:
+        return None
+    arr = np.array(times) * 1e6
+    q1, med, q3, p99 = np.percentile(arr, [25, 50, 75, 99])
+    return {"median_us": float(med), "p99_us": float(p99), "iqr_us": float(q3 - q1), "runs": len(times)}
+
+
+def _floor(layers, experts, replicas):
+    def fill():
+        a = np.empty((layers, replicas), dtype=np.int64)
+        a.fill(0)
+        b = np.full((layers, experts, replicas - experts + 1), -1, dtype=np.int64)
+        c = np.empty((layers, experts), dtype=np.int64)
+        c.fill(1)
+        return a, b, c
+
+    return fill
+
+
+def bench_row(name, cfg, *, reference=True, runs=200, budget_s=3.0, progress=None):
+    layers, experts, replicas, groups, nodes, gpus = cfg
+    weight = deepseek_v3_loads(layers, experts, seed=1)
+    row = {"name": name, "config": dict(zip(("layers", "experts", "replicas", "groups", "nodes", "gpus"), cfg))}
+    row["policy"] = "hierarchical" if groups % nodes == 0 else "global"
+    row["numpy"] = _summary(_times(lambda: rebalance_experts(weight, replicas, groups, nodes, gpus), runs, budget_s))
+    row["floor"] = _summary(_times(_floor(layers, experts, replicas), runs, budget_s))
+    try:
+        import torch
+
+        from . import _oracle
+        from . import torch as eplb_torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        tw = torch.from_numpy(weight)
+        row["torch_adapter_cpu"] = _summary(
+            _times(lambda: eplb_torch.rebalance_experts(tw, replicas, groups, nodes, gpus), runs, budget_s)
+        )
+        if reference:
+            if progress:
+                progress(f"{name}: torch reference (slow)")
+            # The reference's own loop structure, so its cost is the reference's.
+            ref = _oracle.REFERENCES["rebalance_experts_loops"]
+            row["torch_reference"] = _summary(_times(lambda: ref(tw, replicas, groups, nodes, gpus), 5, 15.0))
+            fast = _oracle.REFERENCES["rebalance_experts"]
+            row["torch_oracle_vectorised"] = _summary(_times(lambda: fast(tw, replicas, groups, nodes, gpus), 10, 5.0))
+            try:
+                from vllm.distributed.eplb.rebalance_algo import rebalance_experts as vllm_ref
+            except Exception:
+                vllm_ref = None
+            if vllm_ref is not None:
+                row["vllm"] = _summary(_times(lambda: vllm_ref(tw, replicas, groups, nodes, gpus), 3, 10.0))
+    med = row["numpy"]["median_us"]
+    row["numpy_over_floor"] = med / row["floor"]["median_us"]
+    if row.get("torch_reference"):
+        row["speedup_vs_reference"] = row["torch_reference"]["median_us"] / med
+    return row
+
+
+def gil_share(seconds=2.0):
+    """Main-thread Python throughput while another thread plans in a loop, relative to idle."""
+    weight = deepseek_v3_loads()
+    rebalance_experts(weight, 288, 8, 4, 32)
+
+    def count(duration):
+        n = 0
+        end = time.perf_counter() + duration
+        while time.perf_counter() < end:
+            n += 1
+        return n
+
+    idle = count(seconds)
+    stop = threading.Event()
+    calls = [0]
+
+    def background():
+        while not stop.is_set():
+            rebalance_experts(weight, 288, 8, 4, 32)
+            calls[0] += 1
+
+    t = threading.Thread(target=background)
+    t.start()
+    busy = count(seconds)
+    stop.set()
+    t.join()
+    return {"idle_iterations": idle, "busy_iterations": busy, "share": busy / idle, "background_calls": calls[0]}
+
+
+_CHILD = (
+    "import time; t0 = time.perf_counter(); import eplb_numba; t1 = time.perf_counter();"
+    "import numpy as np; w = (np.arange(58 * 256).reshape(58, 256) * 7919) % 1000;"
+    "p, l, c = eplb_numba.rebalance_experts(w, 288, 8, 4, 32); t2 = time.perf_counter();"
+    "import json; print(json.dumps({'import_s': t1 - t0, 'first_call_s': t2 - t1, 'sum': int(p.sum() + l.sum())}))"
+)
+
+
+def _child(env):
+    out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def cold_start(cache_dir, processes=8):
+    """Import time, cold compile, first call from a warm cache, and a cache race."""
+    base = {**os.environ, "EPLB_NUMBA_CACHE": "1"}
+    cold = _child({**base, "NUMBA_CACHE_DIR": os.path.join(cache_dir, "cold")})
+    warm = [_child({**base, "NUMBA_CACHE_DIR": os.path.join(cache_dir, "cold")}) for _ in range(3)]
+    race_env = {**base, "NUMBA_CACHE_DIR": os.path.join(cache_dir, "race")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CHILD], env=race_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    results = [(p.communicate()[0], p.returncode) for p in procs]
+    ok = [json.loads(out)["sum"] for out, rc in results if rc == 0]
+    return {
+        "cold_compile_first_call_s": cold["first_call_s"],
+        "import_s": statistics.median(r["import_s"] for r in warm),
+        "first_call_warm_cache_s": statistics.median(r["first_call_s"] for r in warm),
+        "race_processes": processes,
+        "race_succeeded": len(ok),
+        "race_identical": len(set(ok)) == 1 and len(ok) == processes,
+        "warmup_s_in_process": warmup(),
+    }
+
+
+def machine():
+    import numba
+
+    info = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _fmt(s):
+    return "-" if not s else f"{s['median_us']:,.0f} (p99 {s['p99_us']:,.0f})"
+
+
+def markdown(result):
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, NumPy {m['numpy']}, "
+        f"Numba {m['numba']}, torch {m.get('torch', '-')}. Times in microseconds, median (p99).",
+        "",
+        "| case | policy | torch reference | torch oracle (vectorised) | NumPy path | torch adapter (CPU) | floor "
+        "| speed-up vs reference | NumPy / floor |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in result["rows"]:
+        speed = f"{row['speedup_vs_reference']:,.0f}x" if row.get("speedup_vs_reference") else "-"
+        lines.append(
+            f"| {row['name']} | {row['policy']} | {_fmt(row.get('torch_reference'))} | "
+            f"{_fmt(row.get('torch_oracle_vectorised'))} | {_fmt(row['numpy'])} | "
+            f"{_fmt(row.get('torch_adapter_cpu'))} | {_fmt(row['floor'])} | {speed} | {row['numpy_over_floor']:.1f}x |"
+        )
+    if "gil" in result:
+        g = result["gil"]
+        lines += ["", f"GIL: the main thread kept {g['share']:.0%} of its idle Python throughput while another "
+                  f"thread planned DeepSeek-V3 EP32 in a loop ({g['background_calls']} plans)."]
+    if "cold" in result:
+        c = result["cold"]
+        lines += ["", f"Cold start: `import eplb_numba` {c['import_s']:.2f} s; first call with a warm on-disk cache "
+                  f"{c['first_call_warm_cache_s']:.2f} s; cold compile of the first call {c['cold_compile_first_call_s']:.1f} s; "
+                  f"{c['race_succeeded']}/{c['race_processes']} processes started at once on an empty cache succeeded, "
+                  f"results identical: {c['race_identical']}."]
+    return "\n".join(lines) + "\n"
+
+
+def run(out_dir=None, sweep=True, cold=True, progress=print):
+    rows = []
+    todo = list(MODEL_ROWS.items()) + (list(SWEEP_ROWS.items()) if sweep else [])
+    for i, (name, cfg) in enumerate(todo, 1):
+        progress(f"[{i}/{len(todo)}] {name}")
+        rows.append(bench_row(name, cfg, reference=name in MODEL_ROWS, runs=200 if name in MODEL_ROWS else 20,
+                              progress=progress))
+        row = rows[-1]
+        progress(f"    NumPy {_fmt(row['numpy'])} us, floor {_fmt(row['floor'])} us, "
+                 f"reference {_fmt(row.get('torch_reference'))} us")
+    result = {"machine": machine(), "rows": rows}
+    progress("GIL share ...")
+    result["gil"] = gil_share()
+    if cold:
+        import tempfile
+
+        progress("cold start and cache race (compiles from scratch; about a minute) ...")
+        with tempfile.TemporaryDirectory() as tmp:
+            result["cold"] = cold_start(tmp)
+    text = markdown(result)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "benchmarks.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        with open(os.path.join(out_dir, "benchmarks.md"), "w") as f:
+            f.write(text)
+    return result, text
