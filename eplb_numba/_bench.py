@@ -231,9 +231,13 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir=None, sweep=True, cold=True, progress=print):
+def run(out_dir=None, sweep=True, cold=True, progress=print, only=None):
     rows = []
     todo = list(MODEL_ROWS.items()) + (list(SWEEP_ROWS.items()) if sweep else [])
+    if only:
+        todo = [(name, cfg) for name, cfg in todo if only.lower() in name.lower()]
+        if not todo:
+            raise ValueError(f"--only {only!r} matches no benchmark row; rows: {', '.join(MODEL_ROWS)}, sweep ...")
     for i, (name, cfg) in enumerate(todo, 1):
         progress(f"[{i}/{len(todo)}] {name}")
         rows.append(bench_row(name, cfg, reference=name in MODEL_ROWS, runs=200 if name in MODEL_ROWS else 20,

@@ -1,43 +1,127 @@
-"""Command line: plan a placement and report how balanced it is."""
+"""eplb-numba: plan expert placements and report how balanced they are.
+
+  eplb-numba [rebalance] [LOADS] [--replicas N --groups N --nodes N --gpus N]
+             [--json] [--out FILE] [--plot FILE.png]
+  eplb-numba bench [--quick] [--out DIR] [--only TEXT]
+  eplb-numba warmup
+
+With no LOADS file, rebalance runs on the built-in DeepSeek-R1-shaped workload
+(58 layers x 256 experts, 100 steps); see docs/cli.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
-import numpy as np
+from ._io import CliError, load_loads, save_placement
 
-from ._api import rebalance_experts
-from ._metrics import balancedness, gpu_loads, identity_placement
-from ._workload import deepseek_v3_loads
+_COMMANDS = ("rebalance", "bench", "warmup")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise CliError(f"{message} (see {self.prog} --help)")
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="eplb-numba", description=__doc__)
-    p.add_argument("--replicas", type=int, default=288)
-    p.add_argument("--groups", type=int, default=8)
-    p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--gpus", type=int, default=32)
+    p = _Parser(prog="eplb-numba", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    r = sub.add_parser("rebalance", help="plan a placement and report its balance")
+    r.add_argument("loads", nargs="?", help=".npy/.npz/.pt/.csv/.json of token counts, [layers, experts] "
+                   "or [steps, layers, experts]; default: the built-in workload")
+    r.add_argument("--replicas", type=int, default=288, help="physical expert slots in all (default 288)")
+    r.add_argument("--groups", type=int, default=8, help="expert groups (default 8)")
+    r.add_argument("--nodes", type=int, default=4, help="server nodes (default 4)")
+    r.add_argument("--gpus", type=int, default=32, help="GPUs in all (default 32)")
+    r.add_argument("--json", action="store_true", help="print the report as JSON")
+    r.add_argument("--out", metavar="FILE", help="write the placement (.npz, .json or .pt) in vLLM's shapes")
+    r.add_argument("--plot", metavar="FILE.png", help="draw per-GPU load before and after (needs matplotlib)")
+    b = sub.add_parser("bench", help="benchmark against the torch reference")
+    b.add_argument("--quick", action="store_true", help="model rows only; no scaling sweep, no cold start")
+    b.add_argument("--out", metavar="DIR", help="also write benchmarks.json and benchmarks.md here")
+    b.add_argument("--only", metavar="TEXT", help="only the rows whose name contains TEXT")
+    sub.add_parser("warmup", help="compile and cache the kernels ahead of a serving start")
     return p
 
 
+def _rebalance(args):
+    from ._api import rebalance_experts
+    from ._report import build_report, format_report
+
+    trace = None
+    if args.loads is None:
+        from ._workload import default_trace
+
+        trace = default_trace()
+        weight = trace.sum(axis=0)
+        source = "built-in DeepSeek-R1-shaped workload, 100 steps"
+    else:
+        weight = load_loads(args.loads)
+        source = args.loads
+    cfg = (args.replicas, args.groups, args.nodes, args.gpus)
+    rebalance_experts(weight, *cfg)  # validates; compiles on a cold cache
+    times = []
+    for _ in range(5):  # the median of a few warm calls is what serving sees
+        start = time.perf_counter()
+        phy2log, log2phy, logcnt = rebalance_experts(weight, *cfg)
+        times.append(time.perf_counter() - start)
+    elapsed = sorted(times)[len(times) // 2]
+    config = dict(zip(("replicas", "groups", "nodes", "gpus"), cfg))
+    report = build_report(weight, phy2log, logcnt, config, elapsed, trace=trace, source=source)
+    if args.out:
+        save_placement(args.out, phy2log, log2phy, logcnt)
+        report["written"] = args.out
+    if args.plot:
+        from ._plot import plot_balance
+
+        plot_balance(args.plot, weight, phy2log, args.gpus)
+        report["plot"] = args.plot
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        for key, what in (("written", "placement"), ("plot", "plot")):
+            if key in report:
+                print(f"\n{what} written to {report[key]}")
+    return 0
+
+
+def _bar(msg):
+    # "[i/n] name" messages advance a bar; anything else is printed as is.
+    if msg.startswith("[") and "/" in msg.split("]")[0]:
+        i, n = (int(x) for x in msg[1:].split("]")[0].split("/"))
+        filled = round(24 * (i - 1) / n)
+        msg = f"[{'#' * filled}{'.' * (24 - filled)}] {i}/{n} {msg.split('] ', 1)[1]}"
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _bench(args):
+    from ._bench import run
+
+    _, text = run(out_dir=args.out, sweep=not args.quick, cold=not args.quick, progress=_bar, only=args.only)
+    print(text)
+    return 0
+
+
+def _warmup(args):
+    from ._api import warmup
+
+    print(f"kernels compiled and cached in {warmup(parallel=True):.2f} s")
+    return 0
+
+
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    weight = deepseek_v3_loads()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "rebalance")
     try:
-        rebalance_experts(weight, args.replicas, args.groups, args.nodes, args.gpus)  # compile
-        t0 = time.perf_counter()
-        phy2log, _, logcnt = rebalance_experts(weight, args.replicas, args.groups, args.nodes, args.gpus)
-        elapsed = time.perf_counter() - t0
-    except (TypeError, ValueError) as exc:
+        args = _parser().parse_args(argv)
+        return {"rebalance": _rebalance, "bench": _bench, "warmup": _warmup}[args.command](args)
+    except (CliError, ValueError, TypeError) as exc:
         print(f"eplb-numba: error: {exc}", file=sys.stderr)
         return 2
-    before = balancedness(gpu_loads(weight, identity_placement(*weight.shape), args.gpus))
-    after = balancedness(gpu_loads(weight, phy2log, args.gpus))
-    print(f"workload: built-in DeepSeek-V3-sized loads, {weight.shape[0]} layers x {weight.shape[1]} experts")
-    print(f"plan: {args.replicas} replicas, {args.groups} groups, {args.nodes} nodes, {args.gpus} GPUs")
-    print(f"balancedness (mean/max GPU load): before {before.mean():.3f}, after {after.mean():.3f}")
-    print(f"worst layer after: {after.min():.3f}; replicas of the hottest expert: {int(logcnt.max())}")
-    print(f"planning time: {elapsed * 1e6:.0f} us")
-    return 0
+    except KeyboardInterrupt:
+        return 130

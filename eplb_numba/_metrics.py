@@ -4,29 +4,46 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gpu_loads", "balancedness", "identity_placement"]
+__all__ = ["balancedness", "gpu_loads", "imbalance_ratio", "in_order_loads"]
 
 
 def gpu_loads(weight, phy2log, num_gpus):
-    """Load of every GPU, [layers, num_gpus]: each expert's load split evenly over its replicas."""
+    """GPU loads [..., layers, num_gpus]; an expert's load is split evenly over its replicas.
+
+    ``weight`` is [layers, experts] or [steps, layers, experts]; ``phy2log``
+    is [layers, slots] with slots GPU-major.
+    """
     w = np.asarray(weight, dtype=np.float64)
     p2l = np.asarray(phy2log)
-    layers = w.shape[0]
-    counts = np.zeros_like(w)
-    rows = np.repeat(np.arange(layers), p2l.shape[1]).reshape(p2l.shape)
-    np.add.at(counts, (rows, p2l), 1.0)
-    per_slot = np.take_along_axis(w, p2l, axis=1) / np.take_along_axis(counts, p2l, axis=1)
-    return per_slot.reshape(layers, num_gpus, -1).sum(axis=2)
+    layers, experts = w.shape[-2:]
+    counts = np.zeros((layers, experts))
+    np.add.at(counts, (np.repeat(np.arange(layers), p2l.shape[1]), p2l.ravel()), 1.0)
+    share = np.take_along_axis(1.0 / np.maximum(counts, 1.0), p2l, axis=1)
+    per_slot = np.take_along_axis(w, np.broadcast_to(p2l, w.shape[:-1] + p2l.shape[-1:]), axis=-1) * share
+    return per_slot.reshape(w.shape[:-1] + (num_gpus, -1)).sum(axis=-1)
 
 
 def balancedness(loads):
-    """mean / max of GPU loads per layer (1.0 is perfect; 1.0 for an idle layer)."""
+    """mean / max of GPU loads along the last axis (1.0 is perfect; 1.0 for an idle layer)."""
     loads = np.asarray(loads, dtype=np.float64)
-    peak = loads.max(axis=1)
-    mean = loads.mean(axis=1)
+    peak = loads.max(axis=-1)
+    mean = loads.mean(axis=-1)
     return np.divide(mean, peak, out=np.ones_like(mean), where=peak > 0)
 
 
-def identity_placement(num_layers, num_logical):
-    """Experts in order, one replica each: the placement before any balancing."""
-    return np.tile(np.arange(num_logical, dtype=np.int64), (num_layers, 1))
+def imbalance_ratio(loads):
+    """(max - mean) / mean of GPU loads along the last axis (0.0 is perfect)."""
+    loads = np.asarray(loads, dtype=np.float64)
+    mean = loads.mean(axis=-1)
+    return np.divide(loads.max(axis=-1) - mean, mean, out=np.zeros_like(mean), where=mean > 0)
+
+
+def in_order_loads(weight, num_gpus):
+    """GPU loads with experts in order and no redundancy: the placement before balancing.
+
+    Experts are split into ``num_gpus`` contiguous runs, as even as possible.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    bounds = np.linspace(0, w.shape[-1], num_gpus + 1).round().astype(np.int64)
+    csum = np.concatenate([np.zeros(w.shape[:-1] + (1,)), np.cumsum(w, axis=-1)], axis=-1)
+    return csum[..., bounds[1:]] - csum[..., bounds[:-1]]
