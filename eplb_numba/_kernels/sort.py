@@ -92,7 +92,7 @@ def heap_sort_desc(a, first, last):
 
 
 @jit(inline="always")
-def _partition_pivot(a, first, last):
+def _partition_pivot(a, first, last, lefts, rights):
     mid = first + (last - first) // 2
     x = a[first + 1]
     y = a[mid]
@@ -114,23 +114,43 @@ def _partition_pivot(a, first, last):
     t = a[first]
     a[first] = a[m]
     a[m] = t
-    # Unguarded Hoare partition of [first + 1, last) around a[first].
+    # libstdc++'s unguarded Hoare partition of [first + 1, last) around
+    # a[first], computed without its data-dependent branches.  The left scan
+    # stops at elements not greater than the pivot, the right scan at
+    # elements not less; list both stopping points first (branch-free), then
+    # replay the swaps.  After k swaps the left scan also stops at the last
+    # right position swapped, and the right scan at the last left one, which
+    # is where Hoare's scans cross.
     pivot = a[first]
     pivot_hi = pivot | LOW
-    lo = first + 1
-    hi = last
+    n_left = 0
+    for i in range(first + 1, last):
+        lefts[n_left] = i
+        n_left += not a[i] > pivot_hi
+    n_right = 0
+    for j in range(last - 1, first, -1):
+        rights[n_right] = j
+        n_right += not pivot > (a[j] | LOW)
+    # The pivot itself stops the right scan at ``first`` at the latest.
+    rights[n_right] = first
+    k = 0
+    prev_left = first
+    prev_right = last
     while True:
-        while a[lo] > pivot_hi:
-            lo += 1
-        hi -= 1
-        while pivot > (a[hi] | LOW):
-            hi -= 1
+        lo = lefts[k] if k < n_left else last
+        if prev_right < lo:
+            lo = prev_right
+        hi = rights[k]
+        if prev_left > hi:
+            hi = prev_left
         if not lo < hi:
             return lo
         t = a[lo]
         a[lo] = a[hi]
         a[hi] = t
-        lo += 1
+        prev_left = lo
+        prev_right = hi
+        k += 1
 
 
 @jit(inline="always")
@@ -154,12 +174,13 @@ def _insertion_sort(a, first, last, guarded):
 
 
 @jit(inline="always")
-def sort_desc(a, first, last, stack):
+def sort_desc(a, first, last, stack, scratch):
     """Sort packed pairs ``a[first:last]`` descending by value, as ``std::sort``.
 
     ``stack`` is int64 scratch of ``SORT_STACK_SIZE`` entries; it replaces
     the recursion of the original on the right-hand parts, which touch
     disjoint ranges, so the order they are finished in does not matter.
+    ``scratch`` is int64 of at least ``2 * (last - first) + 2`` entries.
     """
     n = last - first
     if n < 2:
@@ -183,7 +204,7 @@ def sort_desc(a, first, last, stack):
                 heap_sort_desc(a, lo, hi)
                 break
             d -= 1
-            cut = _partition_pivot(a, lo, hi)
+            cut = _partition_pivot(a, lo, hi, scratch, scratch[hi - lo:])
             stack[3 * top] = cut
             stack[3 * top + 1] = hi
             stack[3 * top + 2] = d
@@ -197,7 +218,10 @@ def sort_desc(a, first, last, stack):
 
 
 @jit(inline="always")
-def argsort_desc(keys, packed, stack):
-    """Sort float32 ``keys`` (non-negative) into ``packed``; index = ``packed & LOW``."""
+def argsort_desc(keys, packed, stack, scratch):
+    """Sort float32 ``keys`` (non-negative) into ``packed``; index = ``packed & LOW``.
+
+    ``scratch``: int64, at least ``2 * len(keys) + 2`` entries.
+    """
     pack_keys(keys, packed)
-    sort_desc(packed, 0, keys.shape[0], stack)
+    sort_desc(packed, 0, keys.shape[0], stack, scratch)
