@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from ._movement import Migration, plan_migration
 from ._api import (
     balanced_packing,
     rebalance_experts,
@@ -17,8 +18,10 @@ from ._api import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Migration",
     "__version__",
     "balanced_packing",
+    "plan_migration",
     "rebalance_experts",
     "rebalance_experts_hierarchical",
     "replicate_experts",

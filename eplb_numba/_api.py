@@ -47,12 +47,14 @@ def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None):
     return phy2log, phyrank, logcnt
 
 
-def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, old_phy2log=None,
+                      max_load_slack=0.0, avoid_duplicates=False):
     """Plan replicas and their placement from per-expert loads.
 
     Bit-identical to vLLM's ``rebalance_experts`` (DeepSeek's EPLB): the
     hierarchical policy when ``num_groups % num_nodes == 0``, the global one
-    otherwise.
+    otherwise.  The keyword options go beyond the reference (see
+    ``docs/movement.md``); left at their defaults, nothing changes.
 
     Parameters
     ----------
@@ -69,6 +71,17 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
         Server nodes; ``num_gpus`` is a multiple of it.
     num_gpus : int
         GPUs (EP ranks) in all.
+    old_phy2log : array_like of int, shape (layers, num_replicas), optional
+        The placement in service.  Given, the plan starts from it and moves
+        as few replicas as it can while no GPU of a layer ends up busier than
+        the reference's busiest (times ``1 + max_load_slack``); experts that
+        stay on a GPU keep their slot.  Where that search fails, the
+        reference's placement relabelled onto the old GPUs is used.
+    max_load_slack : float, optional
+        Tolerated excess over the reference's busiest GPU (0.01 = 1%).
+    avoid_duplicates : bool, optional
+        Swap away second replicas of an expert on one GPU wherever a swap
+        within the node keeps every GPU within that bound.
 
     Returns
     -------
@@ -92,7 +105,11 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
     """
     w = as_weight(weight)
     layout = check_layout(w.shape, num_replicas, num_groups, num_nodes, num_gpus)
-    return _rebalance(w, layout)
+    if old_phy2log is None and not avoid_duplicates:
+        return _rebalance(w, layout)
+    from ._movement import beyond_reference
+
+    return beyond_reference(w, layout, _place(w, layout), old_phy2log, max_load_slack, avoid_duplicates)[:3]
 
 
 def _rebalance(w, layout, group_sums=None, out=None):

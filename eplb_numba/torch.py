@@ -22,6 +22,7 @@ from . import _api
 from ._validate import check_layout, check_weight_values
 
 __all__ = [
+    "EplbNumbaMovementPolicy",
     "EplbNumbaPolicy",
     "balanced_packing",
     "rebalance_experts",
@@ -61,13 +62,15 @@ def _to_device(arrays, device):
     return tuple(t.pin_memory().to(device, non_blocking=True) for t in out)
 
 
-def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, old_phy2log=None,
+                      max_load_slack=0.0, avoid_duplicates=False):
     """:func:`eplb_numba.rebalance_experts` over a tensor on any device.
 
     Returns ``(phy2log, log2phy, logcnt)`` as int64 tensors on
-    ``weight.device``; see the NumPy function for shapes.  For a CUDA input
-    the kernels write straight into pinned host buffers, copied to the GPU
-    asynchronously on the current stream.
+    ``weight.device``; see the NumPy function for shapes and for the
+    keyword options (``old_phy2log`` may be a tensor on any device).  For a
+    CUDA input the kernels write straight into pinned host buffers, copied
+    to the GPU asynchronously on the current stream.
     """
     weight = _as_tensor(weight)
     w = _host_float32(weight)
@@ -76,6 +79,14 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
     if layout.hierarchical and layout.num_groups != layout.num_nodes and layout.num_layers:
         # torch's own float32 reduction, as the reference sums groups.
         sums = w.unflatten(-1, (layout.num_groups, layout.num_logical // layout.num_groups)).sum(-1).numpy()
+    if old_phy2log is not None or avoid_duplicates:
+        from ._movement import beyond_reference
+
+        if isinstance(old_phy2log, _torch.Tensor):
+            old_phy2log = old_phy2log.detach().cpu().numpy()
+        ref = _api._place(w.numpy(), layout, sums)
+        out = beyond_reference(w.numpy(), layout, ref, old_phy2log, max_load_slack, avoid_duplicates)[:3]
+        return _to_device(out, weight.device)
     device = weight.device
     if device.type == "cpu":
         return tuple(_torch.from_numpy(a) for a in _api._rebalance(w.numpy(), layout, sums))
@@ -165,22 +176,53 @@ class EplbNumbaPolicy(_policy_base()):
         num_ranks: int,
         old_global_expert_indices=None,
     ):
-        phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks)
-        if old_global_expert_indices is not None:
-            phy2log, log2phy = _keep_old_slots(phy2log, old_global_expert_indices, num_ranks, logcnt.shape[1])
-        if _returns_tuple(cls.__mro__[1]):
+        phy2log, log2phy, logcnt = cls._plan(
+            weight, num_replicas, num_groups, num_nodes, num_ranks, old_global_expert_indices
+        )
+        if _returns_tuple(EplbNumbaPolicy.__mro__[1]):
             return phy2log, log2phy, logcnt
         return phy2log
 
+    @classmethod
+    def _plan(cls, weight, num_replicas, num_groups, num_nodes, num_ranks, old):
+        phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks)
+        if old is not None:
+            phy2log, log2phy = _keep_old_slots(phy2log, old, num_ranks, logcnt.shape[1])
+        return phy2log, log2phy, logcnt
 
-def install_vllm_policy(policy=EplbNumbaPolicy) -> None:
+
+class EplbNumbaMovementPolicy(EplbNumbaPolicy):
+    """vLLM EPLB policy that moves few expert weights (opt-in; not bit-identical).
+
+    Given ``old_global_expert_indices`` it plans with
+    ``rebalance_experts(..., old_phy2log=old, max_load_slack=MAX_LOAD_SLACK,
+    avoid_duplicates=AVOID_DUPLICATES)``: no layer's busiest GPU ends up
+    busier than the reference's (times ``1 + MAX_LOAD_SLACK``).  Subclass to
+    change the two settings.
+    """
+
+    MAX_LOAD_SLACK = 0.0
+    AVOID_DUPLICATES = True
+
+    @classmethod
+    def _plan(cls, weight, num_replicas, num_groups, num_nodes, num_ranks, old):
+        if old is not None and tuple(old.shape) != (weight.shape[0], num_replicas):
+            old = None  # a different layout (scaling event): plan from scratch
+        return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks, old_phy2log=old,
+                                 max_load_slack=cls.MAX_LOAD_SLACK, avoid_duplicates=cls.AVOID_DUPLICATES)
+
+
+def install_vllm_policy(policy=None) -> None:
     """Make vLLM's ``default`` EPLB policy run ``policy`` in this process.
 
     vLLM's ``--eplb-config '{"policy": ...}'`` accepts only its own names,
     so the policy is swapped in under ``default``.  It must run in every
-    vLLM process; setting ``EPLB_NUMBA_VLLM_POLICY=1`` does that through the
+    vLLM process; setting ``EPLB_NUMBA_VLLM_POLICY=1`` (exact) or
+    ``=movement`` (:class:`EplbNumbaMovementPolicy`) does that through the
     ``vllm.general_plugins`` entry point this package declares.
     """
+    if policy is None:
+        policy = EplbNumbaPolicy
     try:
         from vllm.distributed.eplb import policy as vllm_policy
     except ImportError as exc:
@@ -197,5 +239,8 @@ def _vllm_plugin() -> None:
     # never changes a vLLM deployment by itself.
     import os
 
-    if os.environ.get("EPLB_NUMBA_VLLM_POLICY", "").strip().lower() in {"1", "true", "yes", "on"}:
-        install_vllm_policy()
+    choice = os.environ.get("EPLB_NUMBA_VLLM_POLICY", "").strip().lower()
+    if choice in {"1", "true", "yes", "on", "exact"}:
+        install_vllm_policy(EplbNumbaPolicy)
+    elif choice == "movement":
+        install_vllm_policy(EplbNumbaMovementPolicy)

@@ -140,6 +140,11 @@ def test_policy_plugs_into_vllm_interface(tmp_path, returns):
         os.environ["EPLB_NUMBA_VLLM_POLICY"] = "1"
         _vllm_plugin()
         assert policy.EPLB_POLICIES["default"] is EplbNumbaPolicy
+        os.environ["EPLB_NUMBA_VLLM_POLICY"] = "movement"
+        _vllm_plugin()
+        from eplb_numba.torch import EplbNumbaMovementPolicy
+        assert policy.EPLB_POLICIES["default"] is EplbNumbaMovementPolicy
+        assert issubclass(EplbNumbaMovementPolicy, AbstractEplbPolicy)
         """
     )
     env_path = f"{tmp_path}{':' + sys.path[0] if sys.path[0] else ''}"
@@ -157,3 +162,23 @@ def _env():
     env = dict(os.environ)
     env.pop("EPLB_NUMBA_VLLM_POLICY", None)
     return env
+
+
+def test_movement_options_through_torch(rng):
+    w0 = make_loads(rng, "uniform", (6, 64))
+    w1 = w0 + rng.integers(0, 300, w0.shape)
+    old = eplb_numba.rebalance_experts(w0, 80, 8, 2, 16)[0]
+    expected = eplb_numba.rebalance_experts(w1, 80, 8, 2, 16, old_phy2log=old, avoid_duplicates=True)
+    got = eplb_torch.rebalance_experts(torch.from_numpy(w1), 80, 8, 2, 16, old_phy2log=torch.from_numpy(old),
+                                       avoid_duplicates=True)
+    for t, a in zip(got, expected):
+        np.testing.assert_array_equal(t.numpy(), a)
+    policy = eplb_torch.EplbNumbaMovementPolicy.rebalance_experts(
+        torch.from_numpy(w1), 80, 8, 2, 16, torch.from_numpy(old))
+    policy = policy[0] if isinstance(policy, tuple) else policy
+    np.testing.assert_array_equal(policy.numpy(), expected[0])
+    # A different layout (more slots) is planned from scratch.
+    fresh = eplb_torch.EplbNumbaMovementPolicy.rebalance_experts(
+        torch.from_numpy(w1), 96, 8, 2, 16, torch.from_numpy(old))
+    fresh = fresh[0] if isinstance(fresh, tuple) else fresh
+    assert tuple(fresh.shape) == (6, 96)

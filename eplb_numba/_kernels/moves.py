@@ -1,0 +1,349 @@
+"""Movement-aware placement: start from the old placement, change little.
+
+Per layer, with the reference's replica counts and its groups-to-nodes split
+(relabelled onto the old nodes): keep every old replica that is still wanted
+where it is, put the missing replicas into the freed slots (heaviest first,
+lightest GPU first), then swap replicas between GPUs of a node only while a
+swap lowers the busiest GPU, until every GPU is within ``bound``.  Callers
+fall back to the reference placement relabelled onto the old GPUs when the
+search cannot meet the bound.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._jit import jit
+from .assign import max_assignment
+
+
+@jit
+def layer_loads(w, p2l, cnt, per_gpu, loads):
+    """GPU loads (float64) of one layer's placement with replica counts ``cnt``."""
+    for g in range(loads.shape[0]):
+        s = 0.0
+        for q in range(g * per_gpu, (g + 1) * per_gpu):
+            e = p2l[q]
+            s += w[e] / cnt[e]
+        loads[g] = s
+
+
+@jit
+def _holds(p2l, start, per_gpu, e, skip):
+    for q in range(start, start + per_gpu):
+        if q != skip and p2l[q] == e:
+            return True
+    return False
+
+
+@jit
+def node_relabel(old, ref, num_nodes, num_logical, perm):
+    """``perm[a]``: the old node that takes the reference's node ``a`` (most slots kept)."""
+    num_phy = ref.shape[0]
+    per_node = num_phy // num_nodes
+    node_of = np.empty(num_logical, dtype=np.int64)
+    for q in range(num_phy):
+        node_of[ref[q]] = q // per_node
+    score = np.zeros((num_nodes, num_nodes))
+    for q in range(num_phy):
+        score[node_of[old[q]], q // per_node] += 1.0
+    max_assignment(score, perm)
+    return node_of
+
+
+@jit
+def _best_swap(out, loads, w, cnt, first_gpu, last_gpu, per_gpu, g, limit, avoid_dup):
+    # Swap of a slot on GPU g with a slot on another GPU of the node that
+    # leaves both below ``limit`` and lowers their larger load the most.
+    best = np.inf
+    best_s = -1
+    best_t = -1
+    for s in range(g * per_gpu, (g + 1) * per_gpu):
+        es = out[s]
+        ls = w[es] / cnt[es]
+        for h in range(first_gpu, last_gpu):
+            if h == g:
+                continue
+            for t in range(h * per_gpu, (h + 1) * per_gpu):
+                et = out[t]
+                if et == es:
+                    continue
+                lt = w[et] / cnt[et]
+                ng = loads[g] - ls + lt
+                nh = loads[h] + ls - lt
+                m = max(ng, nh)
+                if m >= limit or m >= best:
+                    continue
+                if avoid_dup and (_holds(out, g * per_gpu, per_gpu, et, s) or _holds(out, h * per_gpu, per_gpu, es, t)):
+                    continue
+                best = m
+                best_s = s
+                best_t = t
+    return best_s, best_t
+
+
+@jit
+def _swap_slots(out, loads, w, cnt, per_gpu, s, t):
+    g = s // per_gpu
+    h = t // per_gpu
+    ls = w[out[s]] / cnt[out[s]]
+    lt = w[out[t]] / cnt[out[t]]
+    loads[g] += lt - ls
+    loads[h] += ls - lt
+    e = out[s]
+    out[s] = out[t]
+    out[t] = e
+
+
+@jit
+def dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound):
+    """Swap away second replicas of an expert on one GPU where a swap within the
+    node keeps both GPUs within ``bound`` and creates no other duplicate."""
+    gpus_per_node = num_gpus // num_nodes
+    for g in range(num_gpus):
+        first = (g // gpus_per_node) * gpus_per_node
+        for s in range(g * per_gpu, (g + 1) * per_gpu):
+            es = out[s]
+            if not _holds(out, g * per_gpu, per_gpu, es, s):
+                continue
+            ls = w[es] / cnt[es]
+            best = np.inf
+            best_t = -1
+            for h in range(first, first + gpus_per_node):
+                if h == g or _holds(out, h * per_gpu, per_gpu, es, -1):
+                    continue
+                for t in range(h * per_gpu, (h + 1) * per_gpu):
+                    et = out[t]
+                    if _holds(out, g * per_gpu, per_gpu, et, -1):
+                        continue
+                    lt = w[et] / cnt[et]
+                    m = max(loads[g] - ls + lt, loads[h] + ls - lt)
+                    if m <= bound and m < best:
+                        best = m
+                        best_t = t
+            if best_t >= 0:
+                _swap_slots(out, loads, w, cnt, per_gpu, s, best_t)
+
+
+@jit
+def movement_layer(w, old, ref, cnt, num_gpus, num_nodes, bound, avoid_dup, out, loads):
+    """Movement-aware placement of one layer into ``out``; False if ``bound`` is missed."""
+    num_phy = ref.shape[0]
+    num_logical = w.shape[0]
+    per_gpu = num_phy // num_gpus
+    gpus_per_node = num_gpus // num_nodes
+    perm = np.empty(num_nodes, dtype=np.int64)
+    node_of = node_relabel(old, ref, num_nodes, num_logical, perm)
+    need = cnt.copy()
+    for q in range(num_phy):
+        out[q] = -1
+    # Keep every old replica that is still wanted on its node.
+    for q in range(num_phy):
+        e = old[q]
+        g = q // per_gpu
+        if perm[node_of[e]] != g // gpus_per_node or need[e] == 0:
+            continue
+        if avoid_dup and _holds(out, g * per_gpu, per_gpu, e, q):
+            continue
+        out[q] = e
+        need[e] -= 1
+    for g in range(num_gpus):
+        s = 0.0
+        for q in range(g * per_gpu, (g + 1) * per_gpu):
+            if out[q] >= 0:
+                s += w[out[q]] / cnt[out[q]]
+        loads[g] = s
+    # Missing replicas, heaviest first, each to the lightest GPU with room.
+    missing = 0
+    for e in range(num_logical):
+        missing += need[e]
+    todo = np.empty(missing, dtype=np.int64)
+    key = np.empty(missing)
+    k = 0
+    for e in range(num_logical):
+        for _ in range(need[e]):
+            todo[k] = e
+            key[k] = -(w[e] / cnt[e])
+            k += 1
+    order = np.argsort(key, kind="mergesort")
+    for k in range(missing):
+        e = todo[order[k]]
+        node = perm[node_of[e]]
+        best_g = -1
+        best_dup = True
+        for g in range(node * gpus_per_node, (node + 1) * gpus_per_node):
+            if not _holds(out, g * per_gpu, per_gpu, -1, -1):
+                continue
+            dup = avoid_dup and _holds(out, g * per_gpu, per_gpu, e, -1)
+            if best_g < 0 or (best_dup and not dup) or (dup == best_dup and loads[g] < loads[best_g]):
+                best_g = g
+                best_dup = dup
+        for q in range(best_g * per_gpu, (best_g + 1) * per_gpu):
+            if out[q] < 0:
+                out[q] = e
+                break
+        loads[best_g] += w[e] / cnt[e]
+    # Swap only while it lowers the busiest GPU.
+    for _ in range(4 * num_phy):
+        g = 0
+        for h in range(num_gpus):
+            if loads[h] > loads[g]:
+                g = h
+        if loads[g] <= bound:
+            break
+        first = (g // gpus_per_node) * gpus_per_node
+        s, t = _best_swap(out, loads, w, cnt, first, first + gpus_per_node, per_gpu, g, loads[g], avoid_dup)
+        if s < 0:
+            break
+        _swap_slots(out, loads, w, cnt, per_gpu, s, t)
+    if avoid_dup:
+        dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound)
+    for g in range(num_gpus):
+        if loads[g] > bound:
+            return False
+    return True
+
+
+@jit
+def relabel_layer(old, ref, num_gpus, num_nodes, num_logical, out):
+    """The reference placement with its nodes and GPUs relabelled onto the old ones
+    (optimal assignment by shared experts) and experts that stay keeping their slot."""
+    num_phy = ref.shape[0]
+    per_gpu = num_phy // num_gpus
+    gpus_per_node = num_gpus // num_nodes
+    perm = np.empty(num_nodes, dtype=np.int64)
+    node_relabel(old, ref, num_nodes, num_logical, perm)
+    score = np.zeros((gpus_per_node, gpus_per_node))
+    assign = np.empty(gpus_per_node, dtype=np.int64)
+    used = np.empty(per_gpu, dtype=np.bool_)
+    for a in range(num_nodes):
+        b = perm[a]
+        for i in range(gpus_per_node):
+            src = (a * gpus_per_node + i) * per_gpu
+            for j in range(gpus_per_node):
+                dst = (b * gpus_per_node + j) * per_gpu
+                shared = 0.0
+                for q in range(src, src + per_gpu):
+                    if _holds(old, dst, per_gpu, ref[q], -1):
+                        shared += 1.0
+                score[i, j] = shared
+        max_assignment(score, assign)
+        for i in range(gpus_per_node):
+            src = (a * gpus_per_node + i) * per_gpu
+            dst = (b * gpus_per_node + assign[i]) * per_gpu
+            for k in range(per_gpu):
+                used[k] = False
+                out[dst + k] = -1
+            # Experts that stay keep their old slot; the rest fill in order.
+            for k in range(per_gpu):
+                for q in range(per_gpu):
+                    if not used[q] and ref[src + q] == old[dst + k]:
+                        used[q] = True
+                        out[dst + k] = old[dst + k]
+                        break
+            q = 0
+            for k in range(per_gpu):
+                if out[dst + k] >= 0:
+                    continue
+                while used[q]:
+                    q += 1
+                out[dst + k] = ref[src + q]
+                used[q] = True
+
+
+@jit
+def _bound(w, ref, cnt, per_gpu, slack, loads):
+    layer_loads(w, ref, cnt, per_gpu, loads)
+    # A relative 1e-12 absorbs float64 summation order: the same replicas on
+    # a GPU in another slot order must not count as worse.
+    return loads.max() * (1.0 + slack) * (1.0 + 1e-12)
+
+
+@jit
+def movement_layers(weight, old, ref, cnt, num_gpus, num_nodes, slack, avoid_dup, out, fell_back):
+    """Movement-aware placement of every layer (see ``movement_layer``)."""
+    num_layers, num_logical = weight.shape
+    per_gpu = ref.shape[1] // num_gpus
+    loads = np.empty(num_gpus)
+    w = np.empty(num_logical)
+    for layer in range(num_layers):
+        for e in range(num_logical):
+            w[e] = weight[layer, e]
+        bound = _bound(w, ref[layer], cnt[layer], per_gpu, slack, loads)
+        ok = movement_layer(w, old[layer], ref[layer], cnt[layer], num_gpus, num_nodes, bound, avoid_dup,
+                            out[layer], loads)
+        fell_back[layer] = not ok
+        if not ok:
+            relabel_layer(old[layer], ref[layer], num_gpus, num_nodes, num_logical, out[layer])
+            if avoid_dup:
+                layer_loads(w, out[layer], cnt[layer], per_gpu, loads)
+                dedupe(out[layer], loads, w, cnt[layer], num_gpus, num_nodes, per_gpu, bound)
+
+
+@jit
+def dedupe_layers(weight, ref, cnt, num_gpus, num_nodes, slack, out):
+    """The reference placement with avoidable duplicates swapped away, no GPU above
+    the reference's busiest (times ``1 + slack``)."""
+    num_layers, num_logical = weight.shape
+    per_gpu = ref.shape[1] // num_gpus
+    loads = np.empty(num_gpus)
+    w = np.empty(num_logical)
+    for layer in range(num_layers):
+        for e in range(num_logical):
+            w[e] = weight[layer, e]
+        bound = _bound(w, ref[layer], cnt[layer], per_gpu, slack, loads)
+        out[layer, :] = ref[layer]
+        dedupe(out[layer], loads, w, cnt[layer], num_gpus, num_nodes, per_gpu, bound)
+
+
+@jit
+def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows):
+    """Copies taking ``old`` to ``new``: rows of (layer, expert, src GPU, src slot,
+    dst GPU, dst slot); returns how many.  ``rows`` holds at least L * R rows."""
+    num_layers, num_phy = new.shape
+    per_gpu = num_phy // num_gpus
+    gpus_per_node = num_gpus // num_nodes
+    start = np.empty(num_logical + 1, dtype=np.int64)
+    slots = np.empty(num_phy, dtype=np.int64)
+    sends = np.empty(num_gpus, dtype=np.int64)
+    n = 0
+    for layer in range(num_layers):
+        # Old slots of each expert, grouped (counting sort).
+        start[:] = 0
+        for q in range(num_phy):
+            start[old[layer, q] + 1] += 1
+        for e in range(num_logical):
+            start[e + 1] += start[e]
+        fill = start[:num_logical].copy()
+        for q in range(num_phy):
+            e = old[layer, q]
+            slots[fill[e]] = q
+            fill[e] += 1
+        sends[:] = 0
+        for q in range(num_phy):
+            e = new[layer, q]
+            g = q // per_gpu
+            if _holds(old[layer], g * per_gpu, per_gpu, e, -1):
+                continue
+            node = g // gpus_per_node
+            best = -1
+            best_local = False
+            for k in range(start[e], start[e + 1]):
+                src = slots[k]
+                h = src // per_gpu
+                local = h // gpus_per_node == node
+                if best < 0 or (local and not best_local) or (
+                    local == best_local and sends[h] < sends[best // per_gpu]
+                ):
+                    best = src
+                    best_local = local
+            rows[n, 0] = layer
+            rows[n, 1] = e
+            rows[n, 2] = best // per_gpu if best >= 0 else -1
+            rows[n, 3] = best
+            rows[n, 4] = g
+            rows[n, 5] = q
+            if best >= 0:
+                sends[best // per_gpu] += 1
+            n += 1
+    return n

@@ -1,0 +1,151 @@
+"""Beyond the reference: movement-aware plans, no wasted duplicates, migration plans.
+
+Opt-in only; ``rebalance_experts`` without these options stays bit-identical
+to the reference.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._kernels.moves import dedupe_layers, migration_rows, movement_layers
+from ._kernels.placement import fill_log2phy
+from ._kernels.slots import preserve_slots, ranks_in_slot_order
+from ._validate import as_count, check_layout
+
+__all__ = ["Migration", "plan_migration"]
+
+
+def check_placement(old, layout, name="old_phy2log"):
+    """``old`` as a C-contiguous int64 [layers, num_replicas] array of valid experts."""
+    arr = np.asarray(old)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer expert ids, got dtype {arr.dtype}; pass the current phy2log")
+    expected = (layout.num_layers, layout.num_replicas)
+    if arr.shape != expected:
+        raise ValueError(
+            f"{name} must have shape {expected} (layers, num_replicas), got {arr.shape}; "
+            f"pass the placement currently deployed for the same model and slot count"
+        )
+    if arr.size and (arr.min() < 0 or arr.max() >= layout.num_logical):
+        bad = arr[(arr < 0) | (arr >= layout.num_logical)][0]
+        raise ValueError(
+            f"{name} holds expert {int(bad)}, outside 0..{layout.num_logical - 1}; "
+            f"it must come from a placement of the same model"
+        )
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _slack(value):
+    try:
+        slack = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"max_load_slack must be a number such as 0.01 (1%), got {value!r}") from None
+    if not (slack >= 0 and np.isfinite(slack)):
+        raise ValueError(f"max_load_slack must be a finite number >= 0 (0.01 means 1%), got {value!r}")
+    return slack
+
+
+def beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicates):
+    """Placement for the opt-in options, from the reference's (phy2log, phyrank, logcnt).
+
+    Returns ``(phy2log, log2phy, logcnt, fell_back)``; ``fell_back[layer]``
+    says where the movement-aware search missed the bound and the relabelled
+    reference was used.
+    """
+    slack = _slack(max_load_slack)
+    ref_phy2log, _, logcnt = ref
+    nodes = layout.num_nodes if layout.hierarchical else 1
+    out = np.empty_like(ref_phy2log)
+    fell_back = np.zeros(layout.num_layers, dtype=np.bool_)
+    if old_phy2log is not None:
+        old = check_placement(old_phy2log, layout)
+        if layout.num_layers:
+            moved = np.empty_like(out)
+            movement_layers(w, old, ref_phy2log, logcnt, layout.num_gpus, nodes, slack, bool(avoid_duplicates),
+                            moved, fell_back)
+            # Swaps can carry an expert off a GPU and another replica of it
+            # back in a different slot: put every stayer back in its old slot.
+            preserve_slots(moved, old, layout.num_gpus, out)
+    elif avoid_duplicates:
+        if layout.num_layers:
+            dedupe_layers(w, ref_phy2log, logcnt, layout.num_gpus, nodes, slack, out)
+    else:
+        out[...] = ref_phy2log
+    rank = np.empty_like(out)
+    max_count = layout.num_replicas - layout.num_logical + 1
+    log2phy = np.empty((layout.num_layers, layout.num_logical, max_count), dtype=np.int64)
+    if layout.num_layers:
+        ranks_in_slot_order(out, layout.num_logical, rank)
+        fill_log2phy(out, rank, log2phy)
+    return out, log2phy, logcnt, fell_back
+
+
+class Migration(NamedTuple):
+    """The copies that take one placement to another (one row per copy)."""
+
+    layer: np.ndarray
+    expert: np.ndarray
+    src_gpu: np.ndarray  # -1: the expert was on no GPU (load it from storage)
+    src_slot: np.ndarray
+    dst_gpu: np.ndarray
+    dst_slot: np.ndarray
+    intra_node: int
+    inter_node: int
+    bytes: int
+
+
+def plan_migration(old_phy2log, new_phy2log, num_gpus, num_nodes=1, expert_bytes=0):
+    """The expert copies that turn placement ``old_phy2log`` into ``new_phy2log``.
+
+    One copy per slot whose new expert is not already on that GPU, sourced
+    from a GPU on the destination's node when one holds the expert, and
+    otherwise from any GPU holding it; among equal candidates the source
+    with the fewest sends so far, so sends spread over sources.
+
+    Parameters
+    ----------
+    old_phy2log, new_phy2log : array_like of int, shape (layers, num_replicas)
+        Placements, slots GPU-major (as ``rebalance_experts`` returns them).
+    num_gpus, num_nodes : int
+        GPUs in all, and nodes (``num_gpus`` is a multiple of it).
+    expert_bytes : int, optional
+        Size of one expert's weights in one layer, for ``Migration.bytes``.
+
+    Returns
+    -------
+    Migration
+        Arrays ``layer, expert, src_gpu, src_slot, dst_gpu, dst_slot`` (int64,
+        one entry per copy), and ``intra_node``/``inter_node`` copy counts and
+        ``bytes`` moved.
+
+    Examples
+    --------
+    >>> m = plan_migration([[0, 1, 2, 3]], [[0, 3, 2, 1]], num_gpus=2)
+    >>> list(zip(m.expert.tolist(), m.src_gpu.tolist(), m.dst_gpu.tolist()))
+    [(3, 1, 0), (1, 0, 1)]
+    >>> m.intra_node, m.inter_node
+    (2, 0)
+    """
+    num_gpus = as_count(num_gpus, "num_gpus")
+    num_nodes = as_count(num_nodes, "num_nodes")
+    expert_bytes = as_count(expert_bytes, "expert_bytes", minimum=0)
+    new = np.asarray(new_phy2log)
+    if new.ndim != 2:
+        raise ValueError(f"new_phy2log must be 2-D (layers, num_replicas), got shape {new.shape}")
+    num_logical = int(max(np.max(new, initial=-1), np.max(np.asarray(old_phy2log), initial=-1))) + 1
+    layout = check_layout((new.shape[0], max(num_logical, 1)), new.shape[1], 1, num_nodes, num_gpus) \
+        if new.shape[1] >= num_logical else None
+    if layout is None:
+        raise ValueError(f"new_phy2log has {new.shape[1]} slots for {num_logical} experts; pass placements, not maps")
+    new = check_placement(new, layout, "new_phy2log")
+    old = check_placement(old_phy2log, layout, "old_phy2log")
+    rows = np.empty((new.size, 6), dtype=np.int64)
+    n = migration_rows(old, new, num_gpus, num_nodes, layout.num_logical, rows) if new.size else 0
+    rows = rows[:n]
+    per_node = num_gpus // num_nodes
+    local = (rows[:, 2] >= 0) & (rows[:, 2] // per_node == rows[:, 4] // per_node)
+    intra = int(local.sum())
+    return Migration(*(rows[:, k].copy() for k in range(6)), intra, n - intra, n * expert_bytes)
