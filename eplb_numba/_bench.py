@@ -110,6 +110,30 @@ def bench_row(name, cfg, *, reference=True, runs=200, budget_s=3.0, progress=Non
     return row
 
 
+def movement_row(runs=100, budget_s=3.0):
+    """Movement-aware plan plus migration plan, DeepSeek-V3 EP32, after a 2% drift."""
+    from ._movement import plan_migration
+
+    rng = np.random.default_rng(7)
+    old_w = deepseek_v3_loads(seed=1)
+    new_w = np.round(old_w * np.exp(0.02 * rng.standard_normal(old_w.shape))).astype(np.int64)
+    cfg = (288, 8, 4, 32)
+    old = rebalance_experts(old_w, *cfg)[0]
+
+    def both():
+        new = rebalance_experts(new_w, *cfg, old_phy2log=old)[0]
+        return plan_migration(old, new, 32, 4)
+
+    ref = rebalance_experts(new_w, *cfg)[0]
+    moved = both()
+    return {
+        "movement_plus_migration": _summary(_times(both, runs, budget_s)),
+        "reference_alone": _summary(_times(lambda: rebalance_experts(new_w, *cfg), runs, budget_s)),
+        "copies_movement_aware": int(len(moved.expert)),
+        "copies_reference": int(len(plan_migration(old, ref, 32, 4).expert)),
+    }
+
+
 def gil_share(seconds=2.0):
     """Main-thread Python throughput while another thread plans in a loop, relative to idle."""
     weight = deepseek_v3_loads()
@@ -218,6 +242,12 @@ def markdown(result):
             f"{_fmt(row.get('torch_oracle_vectorised'))} | {_fmt(row['numpy'])} | "
             f"{_fmt(row.get('torch_adapter_cpu'))} | {_fmt(row['floor'])} | {speed} | {row['numpy_over_floor']:.1f}x |"
         )
+    if "movement" in result:
+        mv = result["movement"]
+        lines += ["", f"Movement-aware plan + migration plan (DeepSeek-V3 EP32, loads drifted 2%): "
+                  f"{_fmt(mv['movement_plus_migration'])} us, of which the reference plan it must beat "
+                  f"{_fmt(mv['reference_alone'])} us; {mv['copies_movement_aware']} expert copies instead of "
+                  f"the reference's {mv['copies_reference']}."]
     if "gil" in result:
         g = result["gil"]
         lines += ["", f"GIL: the main thread kept {g['share']:.0%} of its idle Python throughput while another "
@@ -246,6 +276,9 @@ def run(out_dir=None, sweep=True, cold=True, progress=print, only=None):
         progress(f"    NumPy {_fmt(row['numpy'])} us, floor {_fmt(row['floor'])} us, "
                  f"reference {_fmt(row.get('torch_reference'))} us")
     result = {"machine": machine(), "rows": rows}
+    if not only:
+        progress("movement-aware plan + migration plan ...")
+        result["movement"] = movement_row()
     progress("GIL share ...")
     result["gil"] = gil_share()
     if cold:

@@ -2,6 +2,7 @@
 
   eplb-numba [rebalance] [LOADS] [--replicas N --groups N --nodes N --gpus N]
              [--json] [--out FILE] [--plot FILE.png]
+  eplb-numba simulate [TRACE] [--every K --window W] [--json] [--plot FILE.png]
   eplb-numba bench [--quick] [--out DIR] [--only TEXT]
   eplb-numba warmup
 
@@ -18,7 +19,7 @@ import time
 
 from ._io import CliError, load_loads, save_placement
 
-_COMMANDS = ("rebalance", "bench", "warmup")
+_COMMANDS = ("rebalance", "simulate", "bench", "warmup")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +40,17 @@ def _parser():
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--out", metavar="FILE", help="write the placement (.npz, .json or .pt) in vLLM's shapes")
     r.add_argument("--plot", metavar="FILE.png", help="draw per-GPU load before and after (needs matplotlib)")
+    s = sub.add_parser("simulate", help="replay a load trace under several policies")
+    s.add_argument("trace", nargs="?", help="3-D [steps, layers, experts] token counts (.npy/.npz/.pt/.json); "
+                   "default: the built-in drifting trace")
+    for flag, default, what in (("--replicas", 288, "slots"), ("--groups", 8, "expert groups"),
+                                ("--nodes", 4, "nodes"), ("--gpus", 32, "GPUs")):
+        s.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    s.add_argument("--every", type=int, default=100, help="steps between rebalances (default 100)")
+    s.add_argument("--window", type=int, default=200, help="past steps each plan uses (default 200)")
+    s.add_argument("--expert-mb", type=float, default=0.0, help="MB of one expert's weights per layer, for bytes")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument("--plot", metavar="FILE.png", help="draw imbalance and copies over time (needs matplotlib)")
     b = sub.add_parser("bench", help="benchmark against the torch reference")
     b.add_argument("--quick", action="store_true", help="model rows only; no scaling sweep, no cold start")
     b.add_argument("--out", metavar="DIR", help="also write benchmarks.json and benchmarks.md here")
@@ -98,6 +110,29 @@ def _bar(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def _simulate(args):
+    from ._simulate import format_simulation, simulate
+
+    if args.trace is None:
+        from ._workload import drifting_trace
+
+        trace = drifting_trace()
+    else:
+        trace = load_loads(args.trace, keep_steps=True)
+    for name in ("every", "window"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name} must be at least 1")
+    cfg = (args.replicas, args.groups, args.nodes, args.gpus)
+    result = simulate(trace, cfg, every=args.every, window=args.window,
+                      expert_bytes=int(args.expert_mb * 2**20), progress=_bar)
+    if args.plot:
+        from ._plot import plot_simulation
+
+        plot_simulation(args.plot, result)
+    print(json.dumps(result, indent=2) if args.json else format_simulation(result))
+    return 0
+
+
 def _bench(args):
     from ._bench import run
 
@@ -119,7 +154,8 @@ def main(argv=None) -> int:
         argv.insert(0, "rebalance")
     try:
         args = _parser().parse_args(argv)
-        return {"rebalance": _rebalance, "bench": _bench, "warmup": _warmup}[args.command](args)
+        commands = {"rebalance": _rebalance, "simulate": _simulate, "bench": _bench, "warmup": _warmup}
+        return commands[args.command](args)
     except (CliError, ValueError, TypeError) as exc:
         print(f"eplb-numba: error: {exc}", file=sys.stderr)
         return 2

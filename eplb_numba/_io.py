@@ -35,11 +35,12 @@ def _torch_or_fail(what):
     return torch
 
 
-def load_loads(path):
+def load_loads(path, keep_steps=False):
     """A 2-D [layers, experts] array of token counts from ``path``.
 
     ``.npy``, ``.npz``, ``.pt``/``.pth``, ``.csv`` or ``.json``; a 3-D
-    [steps, layers, experts] array is summed over steps.
+    [steps, layers, experts] array is summed over steps, or with
+    ``keep_steps`` returned as is (and then required).
     """
     if not os.path.exists(path):
         raise CliError(f"no such file: {path}; pass a .npy, .npz, .pt, .csv or .json file of token counts")
@@ -72,6 +73,10 @@ def load_loads(path):
         raise CliError(f"cannot read {path} as {ext}: {exc}".replace("\n", " ")) from None
     if arr.dtype == object or arr.dtype.kind not in "iuf":
         raise CliError(f"{path} must hold numbers (token counts), got {arr.dtype}; check the file's contents")
+    if keep_steps:
+        if arr.ndim != 3:
+            raise CliError(f"{path} must be a 3-D [steps, layers, experts] trace to replay, got shape {arr.shape}")
+        return arr
     if arr.ndim == 3:
         arr = arr.sum(axis=0)
     if arr.ndim != 2:

@@ -51,21 +51,22 @@ def _slack(value):
 def beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicates):
     """Placement for the opt-in options, from the reference's (phy2log, phyrank, logcnt).
 
-    Returns ``(phy2log, log2phy, logcnt, fell_back)``; ``fell_back[layer]``
-    says where the movement-aware search missed the bound and the relabelled
-    reference was used.
+    Returns ``(phy2log, log2phy, logcnt, how)``; ``how[layer]`` is 1 where
+    the old groups-to-nodes split was kept, 2 where the reference's split
+    was, 3 where the relabelled reference placement was used, 0 otherwise.
     """
     slack = _slack(max_load_slack)
     ref_phy2log, _, logcnt = ref
     nodes = layout.num_nodes if layout.hierarchical else 1
+    groups = layout.num_groups if layout.hierarchical else 1
     out = np.empty_like(ref_phy2log)
-    fell_back = np.zeros(layout.num_layers, dtype=np.bool_)
+    how = np.zeros(layout.num_layers, dtype=np.int64)
     if old_phy2log is not None:
         old = check_placement(old_phy2log, layout)
         if layout.num_layers:
             moved = np.empty_like(out)
-            movement_layers(w, old, ref_phy2log, logcnt, layout.num_gpus, nodes, slack, bool(avoid_duplicates),
-                            moved, fell_back)
+            movement_layers(w, old, ref_phy2log, logcnt, groups, layout.num_gpus, nodes, slack,
+                            bool(avoid_duplicates), moved, how)
             # Swaps can carry an expert off a GPU and another replica of it
             # back in a different slot: put every stayer back in its old slot.
             preserve_slots(moved, old, layout.num_gpus, out)
@@ -74,13 +75,18 @@ def beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicat
             dedupe_layers(w, ref_phy2log, logcnt, layout.num_gpus, nodes, slack, out)
     else:
         out[...] = ref_phy2log
+    # Replica counts can differ from the reference's where the old split was kept.
+    if old_phy2log is not None and layout.num_layers:
+        offsets = (np.arange(layout.num_layers, dtype=np.int64) * layout.num_logical)[:, None]
+        logcnt = np.bincount((out + offsets).ravel(), minlength=layout.num_layers * layout.num_logical)
+        logcnt = logcnt.reshape(layout.num_layers, layout.num_logical).astype(np.int64)
     rank = np.empty_like(out)
     max_count = layout.num_replicas - layout.num_logical + 1
     log2phy = np.empty((layout.num_layers, layout.num_logical, max_count), dtype=np.int64)
     if layout.num_layers:
         ranks_in_slot_order(out, layout.num_logical, rank)
         fill_log2phy(out, rank, log2phy)
-    return out, log2phy, logcnt, fell_back
+    return out, log2phy, logcnt, how
 
 
 class Migration(NamedTuple):

@@ -7,7 +7,7 @@ import numpy as np
 from ._io import CliError
 from ._metrics import balancedness, gpu_loads, in_order_loads
 
-__all__ = ["plot_balance", "plot_policy"]
+__all__ = ["plot_balance", "plot_policy", "plot_simulation"]
 
 
 def _pyplot():
@@ -118,6 +118,29 @@ def plot_policy(path, weight=None, num_replicas=16, num_groups=4, num_nodes=2, n
     fig.suptitle(f"Hierarchical EPLB: {experts} experts in {num_groups} groups, {num_nodes} nodes, "
                  f"{num_gpus} GPUs, {num_replicas} slots (colour = group)")
     fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+
+
+def plot_simulation(path, result):
+    """Imbalance and copies per rebalance, one line per policy."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
+    for name, rows in result["per_rebalance"].items():
+        steps = [r["step"] for r in rows]
+        axes[0].plot(steps, [r["imbalance"] for r in rows], marker="o", label=name)
+        axes[1].plot(steps, [r["intra_node_copies"] + r["inter_node_copies"] for r in rows], marker="o", label=name)
+    axes[0].set_title("per-step imbalance after each rebalance")
+    axes[0].set_ylabel("(max - mean) / mean GPU load")
+    axes[1].set_title("expert copies per rebalance")
+    axes[1].set_yscale("symlog")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[1].legend(fontsize=8)
     try:
         fig.savefig(path, dpi=110, bbox_inches="tight")
     except OSError as exc:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DEFAULT_SIGMA", "default_loads", "default_trace", "deepseek_v3_loads"]
+__all__ = ["DEFAULT_SIGMA", "default_loads", "default_trace", "deepseek_v3_loads", "drifting_trace"]
 
 DEFAULT_SIGMA = 1.09
 
@@ -47,4 +47,25 @@ def deepseek_v3_loads(num_layers=58, num_experts=256, seed=0, tokens=32 * 1024 *
     for layer in range(num_layers):
         popularity = rng.lognormal(0.0, skew, num_experts)
         out[layer] = rng.multinomial(tokens, popularity / popularity.sum())
+    return out
+
+
+def drifting_trace(steps=800, layers=58, experts=256, ranks=32, tokens_per_rank=1024, top_k=8,
+                   sigma=DEFAULT_SIGMA, drift=0.004, seed=0):
+    """The default workload with popularity that drifts: int64 [steps, layers, experts].
+
+    Each layer's log-popularity starts as in :func:`default_trace` and takes
+    a Gaussian random-walk step of ``drift`` per step, so experts heat up and
+    cool down over hundreds of steps (the default drifts window totals by a
+    few percent between rebalances every 100 steps).
+    """
+    rng = np.random.default_rng(seed)
+    assignments = tokens_per_rank * ranks * top_k
+    out = np.empty((steps, layers, experts), dtype=np.int64)
+    for layer in range(layers):
+        z = sigma * rng.standard_normal(experts)
+        walk = np.cumsum(drift * rng.standard_normal((steps, experts)), axis=0)
+        for step in range(steps):
+            p = np.exp(z + walk[step])
+            out[step, layer] = rng.multinomial(assignments, p / p.sum())
     return out

@@ -176,3 +176,29 @@ def test_console_script_is_installed():
         pytest.skip("package not installed (run the README's install command)")
     result = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "rebalance" in result.stdout
+
+
+def test_simulate_small_trace(tmp_path):
+    rng = np.random.default_rng(3)
+    trace = rng.integers(0, 50, (40, 3, 16)) * (1 + np.arange(16))
+    np.save(tmp_path / "trace.npy", trace)
+    args = ("simulate", tmp_path / "trace.npy", *SMALL, "--every", "10", "--window", "10")
+    result = cli(*args, "--json", "--plot", tmp_path / "sim.png")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rebalances"] == 2
+    summary = report["summary"]
+    assert set(summary) >= {"reference", "reference + slot preservation", "movement-aware, slack 0"}
+    assert summary["movement-aware, slack 0"]["layers_above_reference_peak"] == 0
+    assert summary["movement-aware, slack 0"]["copies_per_rebalance"] <= summary["reference"]["copies_per_rebalance"]
+    assert (tmp_path / "sim.png").exists()
+    table = cli(*args)
+    assert table.returncode == 0 and "movement-aware, slack 0" in table.stdout
+
+
+def test_simulate_errors(tmp_path):
+    np.save(tmp_path / "flat.npy", LOADS)
+    assert_error(cli("simulate", tmp_path / "flat.npy"), "3-D [steps, layers, experts]")
+    np.save(tmp_path / "short.npy", np.stack([LOADS] * 5))
+    assert_error(cli("simulate", tmp_path / "short.npy", *SMALL), "fewer than two rebalances")
+    assert_error(cli("simulate", tmp_path / "short.npy", "--every", "0"), "--every must be at least 1")

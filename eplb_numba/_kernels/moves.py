@@ -15,6 +15,7 @@ import numpy as np
 
 from .._jit import jit
 from .assign import max_assignment
+from .plan import replicate_row
 
 
 @jit
@@ -52,27 +53,30 @@ def node_relabel(old, ref, num_nodes, num_logical, perm):
 
 
 @jit
-def _best_swap(out, loads, w, cnt, first_gpu, last_gpu, per_gpu, g, limit, avoid_dup):
+def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, avoid_dup):
     # Swap of a slot on GPU g with a slot on another GPU of the node that
     # leaves both below ``limit`` and lowers their larger load the most.
+    # ``slot_load[q]`` is the load of the replica in slot q.
     best = np.inf
     best_s = -1
     best_t = -1
     for s in range(g * per_gpu, (g + 1) * per_gpu):
         es = out[s]
-        ls = w[es] / cnt[es]
+        ls = slot_load[s]
         for h in range(first_gpu, last_gpu):
             if h == g:
                 continue
+            base_g = loads[g] - ls
+            base_h = loads[h] + ls
             for t in range(h * per_gpu, (h + 1) * per_gpu):
+                lt = slot_load[t]
+                if lt >= ls:
+                    continue
+                m = max(base_g + lt, base_h - lt)
+                if m >= limit or m >= best:
+                    continue
                 et = out[t]
                 if et == es:
-                    continue
-                lt = w[et] / cnt[et]
-                ng = loads[g] - ls + lt
-                nh = loads[h] + ls - lt
-                m = max(ng, nh)
-                if m >= limit or m >= best:
                     continue
                 if avoid_dup and (_holds(out, g * per_gpu, per_gpu, et, s) or _holds(out, h * per_gpu, per_gpu, es, t)):
                     continue
@@ -93,6 +97,20 @@ def _swap_slots(out, loads, w, cnt, per_gpu, s, t):
     e = out[s]
     out[s] = out[t]
     out[t] = e
+
+
+@jit
+def _swap_with_loads(out, slot_load, loads, per_gpu, s, t):
+    g = s // per_gpu
+    h = t // per_gpu
+    loads[g] += slot_load[t] - slot_load[s]
+    loads[h] += slot_load[s] - slot_load[t]
+    e = out[s]
+    out[s] = out[t]
+    out[t] = e
+    x = slot_load[s]
+    slot_load[s] = slot_load[t]
+    slot_load[t] = x
 
 
 @jit
@@ -126,14 +144,16 @@ def dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound):
 
 
 @jit
-def movement_layer(w, old, ref, cnt, num_gpus, num_nodes, bound, avoid_dup, out, loads):
-    """Movement-aware placement of one layer into ``out``; False if ``bound`` is missed."""
-    num_phy = ref.shape[0]
+def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_dup, out, loads):
+    """Movement-aware placement of one layer into ``out``; False if ``bound`` is missed.
+
+    ``cnt`` are the replica counts to reach and ``node_target[e]`` the node
+    that must hold all of expert ``e``'s replicas.
+    """
+    num_phy = old.shape[0]
     num_logical = w.shape[0]
     per_gpu = num_phy // num_gpus
     gpus_per_node = num_gpus // num_nodes
-    perm = np.empty(num_nodes, dtype=np.int64)
-    node_of = node_relabel(old, ref, num_nodes, num_logical, perm)
     need = cnt.copy()
     for q in range(num_phy):
         out[q] = -1
@@ -141,7 +161,7 @@ def movement_layer(w, old, ref, cnt, num_gpus, num_nodes, bound, avoid_dup, out,
     for q in range(num_phy):
         e = old[q]
         g = q // per_gpu
-        if perm[node_of[e]] != g // gpus_per_node or need[e] == 0:
+        if node_target[e] != g // gpus_per_node or need[e] == 0:
             continue
         if avoid_dup and _holds(out, g * per_gpu, per_gpu, e, q):
             continue
@@ -168,7 +188,7 @@ def movement_layer(w, old, ref, cnt, num_gpus, num_nodes, bound, avoid_dup, out,
     order = np.argsort(key, kind="mergesort")
     for k in range(missing):
         e = todo[order[k]]
-        node = perm[node_of[e]]
+        node = node_target[e]
         best_g = -1
         best_dup = True
         for g in range(node * gpus_per_node, (node + 1) * gpus_per_node):
@@ -184,6 +204,9 @@ def movement_layer(w, old, ref, cnt, num_gpus, num_nodes, bound, avoid_dup, out,
                 break
         loads[best_g] += w[e] / cnt[e]
     # Swap only while it lowers the busiest GPU.
+    slot_load = np.empty(num_phy)
+    for q in range(num_phy):
+        slot_load[q] = w[out[q]] / cnt[out[q]]
     for _ in range(4 * num_phy):
         g = 0
         for h in range(num_gpus):
@@ -192,10 +215,10 @@ def movement_layer(w, old, ref, cnt, num_gpus, num_nodes, bound, avoid_dup, out,
         if loads[g] <= bound:
             break
         first = (g // gpus_per_node) * gpus_per_node
-        s, t = _best_swap(out, loads, w, cnt, first, first + gpus_per_node, per_gpu, g, loads[g], avoid_dup)
+        s, t = _best_swap(out, slot_load, loads, first, first + gpus_per_node, per_gpu, g, loads[g], avoid_dup)
         if s < 0:
             break
-        _swap_slots(out, loads, w, cnt, per_gpu, s, t)
+        _swap_with_loads(out, slot_load, loads, per_gpu, s, t)
     if avoid_dup:
         dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound)
     for g in range(num_gpus):
@@ -260,24 +283,101 @@ def _bound(w, ref, cnt, per_gpu, slack, loads):
 
 
 @jit
-def movement_layers(weight, old, ref, cnt, num_gpus, num_nodes, slack, avoid_dup, out, fell_back):
-    """Movement-aware placement of every layer (see ``movement_layer``)."""
+def _old_split(old, num_groups, num_nodes, num_logical, node_target):
+    # The old placement's groups-to-nodes split, if it keeps every group on
+    # one node with the same number of groups on each; else False.
+    num_phy = old.shape[0]
+    per_node = num_phy // num_nodes
+    group_size = num_logical // num_groups
+    group_node = np.full(num_groups, -1, dtype=np.int64)
+    for q in range(num_phy):
+        g = old[q] // group_size
+        node = q // per_node
+        if group_node[g] < 0:
+            group_node[g] = node
+        elif group_node[g] != node:
+            return False
+    per = np.zeros(num_nodes, dtype=np.int64)
+    for g in range(num_groups):
+        if group_node[g] < 0:
+            return False
+        per[group_node[g]] += 1
+    for node in range(num_nodes):
+        if per[node] != num_groups // num_nodes:
+            return False
+    for e in range(num_logical):
+        node_target[e] = group_node[e // group_size]
+    return True
+
+
+@jit
+def _node_counts(w32, node_target, num_nodes, phy_per_node, cnt, members, tokens, phy2log, rank, logcnt, cntf,
+                 ratio, heap):
+    # The reference's replication (step 2) within each node of a split; the
+    # arrays after ``cnt`` are scratch sized for all experts / a node's slots.
+    num_logical = w32.shape[0]
+    for node in range(num_nodes):
+        n = 0
+        for e in range(num_logical):
+            if node_target[e] == node:
+                members[n] = e
+                tokens[n] = w32[e]
+                n += 1
+        replicate_row(tokens[:n], phy_per_node, phy2log, rank, logcnt[:n], cntf, ratio, heap)
+        for j in range(n):
+            cnt[members[j]] = logcnt[j]
+
+
+@jit
+def movement_layers(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out, how):
+    """Movement-aware placement of every layer (see ``movement_layer``).
+
+    Tries, in order, and keeps the first that meets the bound: (1) the old
+    placement's own groups-to-nodes split with the reference's replication
+    inside each node, which moves no group between nodes; (2) the
+    reference's split relabelled onto the old nodes; (3) the reference's
+    placement relabelled onto the old GPUs.  ``how[layer]`` records 1, 2 or 3.
+    """
     num_layers, num_logical = weight.shape
-    per_gpu = ref.shape[1] // num_gpus
+    num_phy = ref.shape[1]
+    per_gpu = num_phy // num_gpus
     loads = np.empty(num_gpus)
     w = np.empty(num_logical)
+    node_target = np.empty(num_logical, dtype=np.int64)
+    cnt = np.empty(num_logical, dtype=np.int64)
+    perm = np.empty(num_nodes, dtype=np.int64)
+    members = np.empty(num_logical, dtype=np.int64)
+    tokens = np.empty(num_logical, dtype=np.float32)
+    scratch_phy = np.empty(num_phy // num_nodes, dtype=np.int64)
+    scratch_rank = np.empty(num_phy // num_nodes, dtype=np.int64)
+    scratch_cnt = np.empty(num_logical, dtype=np.int64)
+    cntf = np.empty(num_logical, dtype=np.float32)
+    ratio = np.empty(num_logical, dtype=np.float32)
+    heap = np.empty(num_logical, dtype=np.int64)
     for layer in range(num_layers):
         for e in range(num_logical):
             w[e] = weight[layer, e]
-        bound = _bound(w, ref[layer], cnt[layer], per_gpu, slack, loads)
-        ok = movement_layer(w, old[layer], ref[layer], cnt[layer], num_gpus, num_nodes, bound, avoid_dup,
-                            out[layer], loads)
-        fell_back[layer] = not ok
-        if not ok:
-            relabel_layer(old[layer], ref[layer], num_gpus, num_nodes, num_logical, out[layer])
-            if avoid_dup:
-                layer_loads(w, out[layer], cnt[layer], per_gpu, loads)
-                dedupe(out[layer], loads, w, cnt[layer], num_gpus, num_nodes, per_gpu, bound)
+        bound = _bound(w, ref[layer], ref_cnt[layer], per_gpu, slack, loads)
+        how[layer] = 0
+        if num_nodes > 1 and _old_split(old[layer], num_groups, num_nodes, num_logical, node_target):
+            _node_counts(weight[layer], node_target, num_nodes, num_phy // num_nodes, cnt, members, tokens,
+                         scratch_phy, scratch_rank, scratch_cnt, cntf, ratio, heap)
+            if movement_layer(w, old[layer], cnt, node_target, num_gpus, num_nodes, bound, avoid_dup,
+                              out[layer], loads):
+                how[layer] = 1
+                continue
+        node_of = node_relabel(old[layer], ref[layer], num_nodes, num_logical, perm)
+        for e in range(num_logical):
+            node_target[e] = perm[node_of[e]]
+        if movement_layer(w, old[layer], ref_cnt[layer], node_target, num_gpus, num_nodes, bound, avoid_dup,
+                          out[layer], loads):
+            how[layer] = 2
+            continue
+        how[layer] = 3
+        relabel_layer(old[layer], ref[layer], num_gpus, num_nodes, num_logical, out[layer])
+        if avoid_dup:
+            layer_loads(w, out[layer], ref_cnt[layer], per_gpu, loads)
+            dedupe(out[layer], loads, w, ref_cnt[layer], num_gpus, num_nodes, per_gpu, bound)
 
 
 @jit

@@ -1,0 +1,135 @@
+"""Trace replay: rebalance every K steps from a window of past loads, score what follows.
+
+Policies run side by side from the same first placement.  Per rebalance:
+imbalance on the steps until the next one, copies (intra/inter-node) to
+reach the new placement, planning time, and whether any layer's busiest GPU
+(on the window it planned from) exceeded the reference's.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ._api import rebalance_experts
+from ._kernels.slots import preserve_slots
+from ._metrics import gpu_loads, imbalance_ratio
+from ._movement import plan_migration
+
+__all__ = ["POLICIES", "simulate", "format_simulation"]
+
+
+def _reference(w, cfg, old):
+    return rebalance_experts(w, *cfg)[0]
+
+
+def _reference_slots(w, cfg, old):
+    new = rebalance_experts(w, *cfg)[0]
+    out = np.empty_like(new)
+    preserve_slots(new, old, cfg[3], out)
+    return out
+
+
+def _movement(slack, avoid):
+    def plan(w, cfg, old):
+        return rebalance_experts(w, *cfg, old_phy2log=old, max_load_slack=slack, avoid_duplicates=avoid)[0]
+
+    return plan
+
+
+def _no_duplicates(w, cfg, old):
+    return rebalance_experts(w, *cfg, avoid_duplicates=True)[0]
+
+
+POLICIES = {
+    "reference": _reference,
+    "reference + slot preservation": _reference_slots,
+    "reference, no duplicates": _no_duplicates,
+    "movement-aware, slack 0": _movement(0.0, False),
+    "movement-aware, slack 1%": _movement(0.01, False),
+    "movement-aware, slack 0, no duplicates": _movement(0.0, True),
+}
+
+
+def _duplicates(phy2log, gpus):
+    per = phy2log.shape[1] // gpus
+    s = np.sort(phy2log.reshape(phy2log.shape[0], gpus, per), axis=-1)
+    return int((s[..., 1:] == s[..., :-1]).sum())
+
+
+def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, progress=None):
+    """Replay ``trace`` [steps, layers, experts] under each policy; a JSON-ready dict."""
+    replicas, groups, nodes, gpus = cfg
+    names = list(policies or POLICIES)
+    points = list(range(window, trace.shape[0] - every + 1, every))
+    if len(points) < 2:
+        raise ValueError(
+            f"a trace of {trace.shape[0]} steps leaves fewer than two rebalances with window={window} and "
+            f"every={every}; use a longer trace or smaller --window/--every"
+        )
+    first = rebalance_experts(trace[points[0] - window:points[0]].sum(axis=0), *cfg)[0]
+    state = {name: first for name in names}
+    rows = {name: [] for name in names}
+    for i, t in enumerate(points[1:], 1):
+        if progress:
+            progress(f"[{i}/{len(points) - 1}] rebalance at step {t}")
+        w = trace[t - window:t].sum(axis=0)
+        ahead = trace[t:t + every]
+        ref_peak = gpu_loads(w, rebalance_experts(w, *cfg)[0], gpus).max(axis=1)
+        for name in names:
+            start = time.perf_counter()
+            new = POLICIES[name](w, cfg, state[name])
+            elapsed = time.perf_counter() - start
+            m = plan_migration(state[name], new, gpus, nodes, expert_bytes)
+            peak = gpu_loads(w, new, gpus).max(axis=1)
+            rows[name].append({
+                "step": t,
+                "imbalance": float(imbalance_ratio(gpu_loads(ahead, new, gpus)).mean()),
+                "intra_node_copies": m.intra_node,
+                "inter_node_copies": m.inter_node,
+                "bytes": m.bytes,
+                "planning_ms": elapsed * 1e3,
+                "duplicates": _duplicates(new, gpus),
+                "layers_above_reference_peak": int((peak > ref_peak * (1 + 1e-9)).sum()),
+            })
+            state[name] = new
+    summary = {}
+    for name in names:
+        r = rows[name]
+        summary[name] = {
+            "imbalance": float(np.mean([x["imbalance"] for x in r])),
+            "copies_per_rebalance": float(np.mean([x["intra_node_copies"] + x["inter_node_copies"] for x in r])),
+            "inter_node_copies_per_rebalance": float(np.mean([x["inter_node_copies"] for x in r])),
+            "planning_ms_median": float(np.median([x["planning_ms"] for x in r])),
+            "duplicates": float(np.mean([x["duplicates"] for x in r])),
+            "layers_above_reference_peak": int(sum(x["layers_above_reference_peak"] for x in r)),
+        }
+    ref = summary.get("reference")
+    if ref:
+        for name in names:
+            copies = summary[name]["copies_per_rebalance"]
+            summary[name]["fewer_copies_than_reference"] = ref["copies_per_rebalance"] / copies if copies else float("inf")
+    return {"config": dict(zip(("replicas", "groups", "nodes", "gpus"), cfg)), "every": every, "window": window,
+            "rebalances": len(points) - 1, "summary": summary, "per_rebalance": rows}
+
+
+def format_simulation(result):
+    c = result["config"]
+    lines = [
+        f"replay: {result['rebalances']} rebalances, every {result['every']} steps from the last "
+        f"{result['window']}; {c['replicas']} slots, {c['groups']} groups, {c['nodes']} nodes, {c['gpus']} GPUs",
+        "",
+        f"{'policy':40}{'imbalance':>10}{'copies':>9}{'inter-node':>11}{'vs ref':>8}{'dups':>7}{'plan ms':>9}{'over peak':>10}",
+    ]
+    for name, s in result["summary"].items():
+        ratio = s.get("fewer_copies_than_reference")
+        ratio_text = "-" if ratio is None else ("inf" if ratio == float("inf") else f"{ratio:.1f}x")
+        lines.append(
+            f"{name:40}{s['imbalance']:>10.3f}{s['copies_per_rebalance']:>9.0f}{s['inter_node_copies_per_rebalance']:>11.0f}"
+            f"{ratio_text:>8}{s['duplicates']:>7.0f}{s['planning_ms_median']:>9.2f}{s['layers_above_reference_peak']:>10}"
+        )
+    lines += ["", "imbalance: per-step (max - mean) / mean GPU load on the steps after each rebalance;",
+              "copies: slots whose expert was not already on their GPU, per rebalance; vs ref: the reference's",
+              "copies divided by the policy's; over peak: layers whose busiest GPU exceeded the reference's."]
+    return "\n".join(lines)
