@@ -42,6 +42,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default=".")
     p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--docs", action="store_true", help="also put the table into docs/benchmarks.md")
     p.add_argument("--threads", type=int, nargs="+", default=[1],
                    help="EPLB_NUMBA_THREADS values to time (layers split over Numba threads)")
     args = p.parse_args(argv)
@@ -93,6 +94,11 @@ def main(argv=None):
         json.dump({"machine": info, "rows": rows}, fh, indent=2)
     with open(os.path.join(args.out, "gpu.md"), "w") as fh:
         fh.write(text)
+    if args.docs:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from _docs import update
+
+        update("gpu-results", text, "python bench/gpu.py --threads 1 4 8 16 --docs")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._kernels.moves import dedupe_layers, migration_rows, movement_layers
+from ._kernels.migration import migration_rows
+from ._kernels.moves import dedupe_layers, movement_layers
 from ._kernels.placement import fill_log2phy
 from ._kernels.slots import preserve_slots, ranks_in_slot_order
 from ._validate import as_count, check_layout

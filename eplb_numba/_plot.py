@@ -21,6 +21,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path):
+    try:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+
+
 def plot_balance(path, weight, phy2log, gpus):
     """Heat maps of GPU load / layer mean, before and after, plus balancedness per layer."""
     plt = _pyplot()
@@ -47,12 +56,7 @@ def plot_balance(path, weight, phy2log, gpus):
     axes[2].set_xlabel("balancedness (mean / max)")
     axes[2].set_title("per layer")
     axes[2].legend(loc="lower left")
-    try:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_policy(path, weight=None, num_replicas=16, num_groups=4, num_nodes=2, num_gpus=8, layer=0):
@@ -118,12 +122,7 @@ def plot_policy(path, weight=None, num_replicas=16, num_groups=4, num_nodes=2, n
     fig.suptitle(f"Hierarchical EPLB: {experts} experts in {num_groups} groups, {num_nodes} nodes, "
                  f"{num_gpus} GPUs, {num_replicas} slots (colour = group)")
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_simulation(path, result):
@@ -141,9 +140,4 @@ def plot_simulation(path, result):
     for ax in axes:
         ax.set_xlabel("step")
     axes[1].legend(fontsize=8)
-    try:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path)

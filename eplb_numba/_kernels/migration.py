@@ -1,0 +1,61 @@
+"""The copies that take one placement to another."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._jit import jit
+from .moves import _holds
+
+
+@jit
+def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows):
+    """Copies taking ``old`` to ``new``: rows of (layer, expert, src GPU, src slot,
+    dst GPU, dst slot); returns how many.  ``rows`` holds at least L * R rows."""
+    num_layers, num_phy = new.shape
+    per_gpu = num_phy // num_gpus
+    gpus_per_node = num_gpus // num_nodes
+    start = np.empty(num_logical + 1, dtype=np.int64)
+    slots = np.empty(num_phy, dtype=np.int64)
+    sends = np.empty(num_gpus, dtype=np.int64)
+    n = 0
+    for layer in range(num_layers):
+        # Old slots of each expert, grouped (counting sort).
+        start[:] = 0
+        for q in range(num_phy):
+            start[old[layer, q] + 1] += 1
+        for e in range(num_logical):
+            start[e + 1] += start[e]
+        fill = start[:num_logical].copy()
+        for q in range(num_phy):
+            e = old[layer, q]
+            slots[fill[e]] = q
+            fill[e] += 1
+        sends[:] = 0
+        for q in range(num_phy):
+            e = new[layer, q]
+            g = q // per_gpu
+            if _holds(old[layer], g * per_gpu, per_gpu, e, -1):
+                continue
+            node = g // gpus_per_node
+            best = -1
+            best_local = False
+            for k in range(start[e], start[e + 1]):
+                src = slots[k]
+                h = src // per_gpu
+                local = h // gpus_per_node == node
+                if best < 0 or (local and not best_local) or (
+                    local == best_local and sends[h] < sends[best // per_gpu]
+                ):
+                    best = src
+                    best_local = local
+            rows[n, 0] = layer
+            rows[n, 1] = e
+            rows[n, 2] = best // per_gpu if best >= 0 else -1
+            rows[n, 3] = best
+            rows[n, 4] = g
+            rows[n, 5] = q
+            if best >= 0:
+                sends[best // per_gpu] += 1
+            n += 1
+    return n
