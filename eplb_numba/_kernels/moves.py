@@ -215,7 +215,15 @@ def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_d
         if loads[g] <= bound:
             break
         first = (g // gpus_per_node) * gpus_per_node
-        s, t = _best_swap(out, slot_load, loads, first, first + gpus_per_node, per_gpu, g, loads[g], avoid_dup)
+        # The lightest GPU of the node almost always offers the best swap:
+        # try it alone first, then the whole node.
+        light = first
+        for h in range(first, first + gpus_per_node):
+            if h != g and (light == g or loads[h] < loads[light]):
+                light = h
+        s, t = _best_swap(out, slot_load, loads, light, light + 1, per_gpu, g, loads[g], avoid_dup)
+        if s < 0:
+            s, t = _best_swap(out, slot_load, loads, first, first + gpus_per_node, per_gpu, g, loads[g], avoid_dup)
         if s < 0:
             break
         _swap_with_loads(out, slot_load, loads, per_gpu, s, t)
