@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 import numpy as np
 
 from . import _api
-from ._validate import check_layout, check_weight_values
+from ._validate import _check_dtype, check_layout, check_weight_values
 
 __all__ = [
     "EplbNumbaMovementPolicy",
@@ -34,7 +34,9 @@ __all__ = [
 
 def _as_tensor(weight, name="weight"):
     if not isinstance(weight, _torch.Tensor):
-        weight = _torch.as_tensor(np.asarray(weight))
+        arr = np.asarray(weight)
+        _check_dtype(arr.dtype, name)
+        weight = _torch.from_numpy(np.ascontiguousarray(arr))
     if weight.is_complex():
         raise TypeError(f"{name} must be real, got complex dtype {weight.dtype}; pass token counts")
     if weight.dtype == _torch.bool:
@@ -58,6 +60,8 @@ def _to_device(arrays, device):
     out = tuple(_torch.from_numpy(a) for a in arrays)
     if device.type == "cpu":
         return out
+    if device.type != "cuda":
+        return tuple(t.to(device) for t in out)
     # Pinned staging lets the copies run asynchronously on the current stream.
     return tuple(t.pin_memory().to(device, non_blocking=True) for t in out)
 

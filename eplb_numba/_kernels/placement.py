@@ -87,11 +87,14 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
             else:
                 _group_sums(w, num_groups, sums)
             pack_row(sums, sums, num_nodes, group_node, group_rank, packed, loads, items, heap, stack, True)
-        for e in range(num_log):
-            g = e // group_size
-            m = (group_node[g] * groups_per_node + group_rank[g]) * group_size + e % group_size
-            log2mlog[e] = m
-            mlog2log[m] = e
+        # Nested loops rather than e // group_size: a 64-bit division per
+        # expert cost more than the rest of this mapping.
+        for g in range(num_groups):
+            base_m = (group_node[g] * groups_per_node + group_rank[g]) * group_size
+            for j in range(group_size):
+                e = g * group_size + j
+                log2mlog[e] = base_m + j
+                mlog2log[base_m + j] = e
 
         for node in range(num_nodes):
             base = node * log_per_node
