@@ -270,7 +270,20 @@ def warmup(parallel: bool | None = None) -> float:
         replicate_experts(w.astype(dtype), 20)
     p2l = rebalance_experts(w, 24, 4, 2, 8)[0]
     _preserve_slots(p2l, p2l[:, ::-1].copy(), 8, 16)
+    from ._movement import plan_migration
+
+    for nodes in (2, 3):  # hierarchical and global
+        new = rebalance_experts(w[::-1].copy(), 24, 4, nodes, 6 if nodes == 3 else 8, old_phy2log=None)[0]
+        moved = rebalance_experts(w, 24, 4, nodes, 6 if nodes == 3 else 8, old_phy2log=new, avoid_duplicates=True)[0]
+        plan_migration(new, moved, 6 if nodes == 3 else 8, nodes)
     if parallel or (parallel is None and parallel_threads() > 1):
+        from ._kernels.migration import migration_rows_parallel
+        from ._kernels.moves import movement_layers_parallel
+
+        ref, _, cnt = _place(w, check_layout(w.shape, 24, 4, 2, 8))
+        movement_layers_parallel(w, p2l, ref, cnt, 4, 8, 2, 0.0, True, np.empty_like(ref),
+                                 np.empty(2, dtype=np.int64), 2)
+        migration_rows_parallel(p2l, ref, 8, 2, 16, np.empty((48, 6), dtype=np.int64), np.empty(2, dtype=np.int64), 2)
         phy2log = np.empty((2, 24), dtype=np.int64)
         place_layers_parallel(w, _NO_SUMS, 4, 2, 8, phy2log, np.empty_like(phy2log),
                               np.empty((2, 16), dtype=np.int64), np.empty((2, 16, 9), dtype=np.int64), 2)

@@ -10,8 +10,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._kernels.migration import migration_rows
-from ._kernels.moves import dedupe_layers, movement_layers
+from ._jit import parallel_threads
+from ._kernels.migration import migration_rows, migration_rows_parallel
+from ._kernels.moves import dedupe_layers, movement_layers, movement_layers_parallel
 from ._kernels.placement import fill_log2phy
 from ._kernels.slots import preserve_slots, ranks_in_slot_order
 from ._validate import as_count, check_layout
@@ -66,8 +67,13 @@ def beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicat
         old = check_placement(old_phy2log, layout)
         if layout.num_layers:
             moved = np.empty_like(out)
-            movement_layers(w, old, ref_phy2log, logcnt, groups, layout.num_gpus, nodes, slack,
-                            bool(avoid_duplicates), moved, how)
+            args = (w, old, ref_phy2log, logcnt, groups, layout.num_gpus, nodes, slack, bool(avoid_duplicates),
+                    moved, how)
+            threads = min(parallel_threads(), layout.num_layers)
+            if threads > 1:
+                movement_layers_parallel(*args, threads)
+            else:
+                movement_layers(*args)
             # Swaps can carry an expert off a GPU and another replica of it
             # back in a different slot: put every stayer back in its old slot.
             preserve_slots(moved, old, layout.num_gpus, out)
@@ -150,8 +156,18 @@ def plan_migration(old_phy2log, new_phy2log, num_gpus, num_nodes=1, expert_bytes
     new = check_placement(new, layout, "new_phy2log")
     old = check_placement(old_phy2log, layout, "old_phy2log")
     rows = np.empty((new.size, 6), dtype=np.int64)
-    n = migration_rows(old, new, num_gpus, num_nodes, layout.num_logical, rows) if new.size else 0
-    rows = rows[:n]
+    counts = np.zeros(new.shape[0], dtype=np.int64)
+    if new.size:
+        threads = min(parallel_threads(), new.shape[0])
+        args = (old, new, num_gpus, num_nodes, layout.num_logical, rows, counts)
+        if threads > 1:
+            migration_rows_parallel(*args, threads)
+        else:
+            migration_rows(*args)
+    # Layer l wrote its rows from l * num_replicas on: keep the written ones.
+    keep = np.arange(new.shape[1]) < counts[:, None]
+    rows = rows[keep.ravel()]
+    n = len(rows)
     per_node = num_gpus // num_nodes
     local = (rows[:, 2] >= 0) & (rows[:, 2] // per_node == rows[:, 4] // per_node)
     intra = int(local.sum())

@@ -24,6 +24,22 @@ def test_parallel_layers_match_serial(monkeypatch, rng):
         np.testing.assert_array_equal(a, b)
 
 
+def test_parallel_movement_and_migration_match_serial(monkeypatch, rng):
+    w0 = make_loads(rng, "uniform", (9, 64))
+    w1 = w0 + rng.integers(0, 500, w0.shape)
+    old = eplb_numba.rebalance_experts(w0, 80, 8, 2, 16)[0]
+    serial = eplb_numba.rebalance_experts(w1, 80, 8, 2, 16, old_phy2log=old, avoid_duplicates=True)
+    serial_plan = eplb_numba.plan_migration(old, serial[0], 16, 2)
+    monkeypatch.setenv("EPLB_NUMBA_THREADS", "2")
+    parallel = eplb_numba.rebalance_experts(w1, 80, 8, 2, 16, old_phy2log=old, avoid_duplicates=True)
+    parallel_plan = eplb_numba.plan_migration(old, parallel[0], 16, 2)
+    for a, b in zip(parallel, serial):
+        np.testing.assert_array_equal(a, b)
+    assert len(serial_plan.expert) > 0
+    for a, b in zip(parallel_plan, serial_plan):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_concurrent_calls_match_serial(rng):
     loads = [make_loads(rng, kind, (58, 256)) for kind in ("ties", "uniform", "zipf", "zeros")] * 4
     serial = [eplb_numba.rebalance_experts(w, 288, 8, 4, 32) for w in loads]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .._jit import jit
@@ -9,29 +10,34 @@ from .moves import _holds
 
 
 @jit
-def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows):
-    """Copies taking ``old`` to ``new``: rows of (layer, expert, src GPU, src slot,
-    dst GPU, dst slot); returns how many.  ``rows`` holds at least L * R rows."""
-    num_layers, num_phy = new.shape
+def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo, hi):
+    """Copies taking ``old`` to ``new`` for layers ``lo:hi``.
+
+    Layer ``l`` writes its rows of (layer, expert, src GPU, src slot, dst GPU,
+    dst slot) from ``rows[l * R]`` on and its count to ``counts[l]``.
+    """
+    num_phy = new.shape[1]
     per_gpu = num_phy // num_gpus
     gpus_per_node = num_gpus // num_nodes
     start = np.empty(num_logical + 1, dtype=np.int64)
+    fill = np.empty(num_logical, dtype=np.int64)
     slots = np.empty(num_phy, dtype=np.int64)
     sends = np.empty(num_gpus, dtype=np.int64)
-    n = 0
-    for layer in range(num_layers):
+    for layer in range(lo, hi):
         # Old slots of each expert, grouped (counting sort).
         start[:] = 0
         for q in range(num_phy):
             start[old[layer, q] + 1] += 1
         for e in range(num_logical):
             start[e + 1] += start[e]
-        fill = start[:num_logical].copy()
+        for e in range(num_logical):
+            fill[e] = start[e]
         for q in range(num_phy):
             e = old[layer, q]
             slots[fill[e]] = q
             fill[e] += 1
         sends[:] = 0
+        n = layer * num_phy
         for q in range(num_phy):
             e = new[layer, q]
             g = q // per_gpu
@@ -58,4 +64,19 @@ def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows):
             if best >= 0:
                 sends[best // per_gpu] += 1
             n += 1
-    return n
+        counts[layer] = n - layer * num_phy
+
+
+@jit
+def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows, counts):
+    """``migration_range`` over every layer, on the calling thread."""
+    migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, 0, new.shape[0])
+
+
+@jit(parallel=True)
+def migration_rows_parallel(old, new, num_gpus, num_nodes, num_logical, rows, counts, blocks):
+    """``migration_range`` over ``blocks`` contiguous blocks of layers, in parallel."""
+    num_layers = new.shape[0]
+    for b in numba.prange(blocks):
+        migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts,
+                        b * num_layers // blocks, (b + 1) * num_layers // blocks)

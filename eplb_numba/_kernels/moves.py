@@ -11,6 +11,7 @@ search cannot meet the bound.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .._jit import jit
@@ -337,8 +338,8 @@ def _node_counts(w32, node_target, num_nodes, phy_per_node, cnt, members, tokens
 
 
 @jit
-def movement_layers(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out, how):
-    """Movement-aware placement of every layer (see ``movement_layer``).
+def movement_range(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out, how, lo, hi):
+    """Movement-aware placement of layers ``lo:hi`` (see ``movement_layer``).
 
     Tries, in order, and keeps the first that meets the bound: (1) the old
     placement's own groups-to-nodes split with the reference's replication
@@ -362,7 +363,7 @@ def movement_layers(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, 
     cntf = np.empty(num_logical, dtype=np.float32)
     ratio = np.empty(num_logical, dtype=np.float32)
     heap = np.empty(num_logical, dtype=np.int64)
-    for layer in range(num_layers):
+    for layer in range(lo, hi):
         for e in range(num_logical):
             w[e] = weight[layer, e]
         bound = _bound(w, ref[layer], ref_cnt[layer], per_gpu, slack, loads)
@@ -386,6 +387,23 @@ def movement_layers(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, 
         if avoid_dup:
             layer_loads(w, out[layer], ref_cnt[layer], per_gpu, loads)
             dedupe(out[layer], loads, w, ref_cnt[layer], num_gpus, num_nodes, per_gpu, bound)
+
+
+@jit
+def movement_layers(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out, how):
+    """``movement_range`` over every layer, on the calling thread."""
+    movement_range(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out, how,
+                   0, weight.shape[0])
+
+
+@jit(parallel=True)
+def movement_layers_parallel(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out,
+                             how, blocks):
+    """``movement_range`` over ``blocks`` contiguous blocks of layers, in parallel."""
+    num_layers = weight.shape[0]
+    for b in numba.prange(blocks):
+        movement_range(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out, how,
+                       b * num_layers // blocks, (b + 1) * num_layers // blocks)
 
 
 @jit
