@@ -15,7 +15,7 @@ from .introsort_model import killer_sequence  # noqa: E402
 def ours(keys):
     keys = np.ascontiguousarray(keys, dtype=np.float32)
     packed = np.empty(keys.shape[0], dtype=np.int64)
-    argsort_desc(keys, packed, np.empty(SORT_STACK_SIZE, dtype=np.int64), np.empty(2 * keys.shape[0] + 2, dtype=np.int64))
+    argsort_desc(keys, packed, np.empty(SORT_STACK_SIZE, dtype=np.int64), np.empty(4 * keys.shape[0] + 18, dtype=np.int64))
     return packed & LOW
 
 

@@ -52,7 +52,7 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     have_sums = group_sums.shape[0] == num_layers
     want_log2phy = log2phy.shape[0] == num_layers
 
-    packed = np.empty(3 * max(num_groups, phy_per_node) + 2, dtype=np.int64)
+    packed = np.empty(5 * max(num_groups, phy_per_node) + 18, dtype=np.int64)
     loads = np.empty(max(num_nodes, gpus_per_node), dtype=np.float32)
     items = np.empty(loads.shape[0], dtype=np.int64)
     heap = np.empty(max(num_nodes, gpus_per_node, log_per_node), dtype=np.int64)

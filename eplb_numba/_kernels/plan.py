@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import jit
-from .sort import LOW, SORT_STACK_SIZE, argsort_desc
+from .sort import LOW, SORT_SCRATCH_PER_ITEM, SORT_SCRATCH_EXTRA, SORT_STACK_SIZE, argsort_desc
 
 # Up to this many packs a branch-free scan beats a heap.
 _SCAN_PACKS = 64
@@ -121,7 +121,7 @@ def pack_row(keys, weights, num_packs, pack_index, rank_in_pack, packed, loads, 
             pack_index[i] = i
             rank_in_pack[i] = 0
         return
-    # ``packed`` holds 3n + 2 words: the sorted pairs, then the sort's scratch.
+    # ``packed`` holds the n sorted pairs, then the sort's scratch.
     argsort_desc(keys, packed[:n], stack, packed[n:])
     if f32_loads and num_packs <= _SCAN_PACKS:
         _greedy_scan_f32(packed[:n], weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap)
@@ -224,7 +224,7 @@ def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
 def pack_rows(keys, weights, num_packs, pack_index, rank_in_pack, f32_loads):
     """``pack_row`` over every row of 2-D ``keys``/``weights``."""
     rows, n = keys.shape
-    packed = np.empty(3 * n + 2, dtype=np.int64)
+    packed = np.empty((1 + SORT_SCRATCH_PER_ITEM) * n + SORT_SCRATCH_EXTRA, dtype=np.int64)
     loads = np.empty(num_packs, dtype=weights.dtype)
     items = np.empty(num_packs, dtype=np.int64)
     heap = np.empty(num_packs, dtype=np.int64)

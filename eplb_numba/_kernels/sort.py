@@ -23,7 +23,7 @@ import numpy as np
 from .._jit import jit
 
 # libstdc++'s _S_threshold: ranges at most this long are left to the final
-# insertion sort.
+# insertion sort (here: a rank sort per range, see sort_desc).
 _THRESHOLD = 16
 
 # Pending ranges on the explicit stack have strictly decreasing depth budgets,
@@ -31,6 +31,12 @@ _THRESHOLD = 16
 SORT_STACK_SIZE = 3 * 130
 
 LOW = np.int64(0xFFFFFFFF)
+
+
+# Scratch words ``sort_desc`` needs for n elements: SORT_SCRATCH_PER_ITEM * n
+# + SORT_SCRATCH_EXTRA (partition lists, leaf ranges, a leaf's buffer).
+SORT_SCRATCH_PER_ITEM = 4
+SORT_SCRATCH_EXTRA = 2 + _THRESHOLD
 
 
 @jit(inline="always")
@@ -154,33 +160,13 @@ def _partition_pivot(a, first, last, lefts, rights):
 
 
 @jit(inline="always")
-def _insertion_sort(a, first, last, guarded):
-    # libstdc++'s __insertion_sort (guarded) and __unguarded_insertion_sort,
-    # which relies on a larger element before ``first``.  Written as one loop
-    # because a call per element, passing the array, costs more than the
-    # shifting itself.
-    for i in range(first + 1 if guarded else first, last):
-        value = a[i]
-        if guarded and value > (a[first] | LOW):
-            for j in range(i, first, -1):
-                a[j] = a[j - 1]
-            a[first] = value
-        else:
-            j = i - 1
-            while value > (a[j] | LOW):
-                a[j + 1] = a[j]
-                j -= 1
-            a[j + 1] = value
-
-
-@jit(inline="always")
 def sort_desc(a, first, last, stack, scratch):
     """Sort packed pairs ``a[first:last]`` descending by value, as ``std::sort``.
 
     ``stack`` is int64 scratch of ``SORT_STACK_SIZE`` entries; it replaces
     the recursion of the original on the right-hand parts, which touch
     disjoint ranges, so the order they are finished in does not matter.
-    ``scratch`` is int64 of at least ``2 * (last - first) + 2`` entries.
+    ``scratch`` is int64 of at least ``4 * (last - first) + 18`` entries.
     """
     n = last - first
     if n < 2:
@@ -194,14 +180,20 @@ def sort_desc(a, first, last, stack, scratch):
     stack[1] = last
     stack[2] = 2 * depth
     top = 1
+    # Leaves (ranges left for the final insertion sort) are listed in
+    # ``scratch`` after the partition lists' room, as (lo, hi) pairs.
+    leaves = 2 * n + 2
+    n_leaves = 0
     while top > 0:
         top -= 1
         lo = stack[3 * top]
         hi = stack[3 * top + 1]
         d = stack[3 * top + 2]
+        heaped = False
         while hi - lo > _THRESHOLD:
             if d == 0:
                 heap_sort_desc(a, lo, hi)
+                heaped = True
                 break
             d -= 1
             cut = _partition_pivot(a, lo, hi, scratch, scratch[hi - lo:])
@@ -210,18 +202,40 @@ def sort_desc(a, first, last, stack, scratch):
             stack[3 * top + 2] = d
             top += 1
             hi = cut
-    if n > _THRESHOLD:
-        _insertion_sort(a, first, first + _THRESHOLD, True)
-        _insertion_sort(a, first + _THRESHOLD, last, False)
-    else:
-        _insertion_sort(a, first, last, True)
+        if not heaped:
+            scratch[leaves + 2 * n_leaves] = lo
+            scratch[leaves + 2 * n_leaves + 1] = hi
+            n_leaves += 1
+    # libstdc++ ends with one insertion sort over everything.  Partitioning
+    # left every key of a range >= every key of the ranges after it, so that
+    # pass never moves an element out of its range, and being stable it
+    # equals a stable sort of each leaf range (heapsorted ranges are already
+    # in order).  A stable rank sort of each leaf needs no data-dependent
+    # branch: an element's place is the number of larger keys plus the
+    # number of equal keys before it.
+    tmp = scratch[4 * n + 2:]
+    for leaf in range(n_leaves):
+        lo = scratch[leaves + 2 * leaf]
+        hi = scratch[leaves + 2 * leaf + 1]
+        for i in range(lo, hi):
+            v = a[i]
+            v_hi = v | LOW
+            v_key = v >> 32
+            r = 0
+            for j in range(lo, hi):
+                r += a[j] > v_hi
+            for j in range(lo, i):
+                r += (a[j] >> 32) == v_key
+            tmp[r] = v
+        for i in range(lo, hi):
+            a[i] = tmp[i - lo]
 
 
 @jit(inline="always")
 def argsort_desc(keys, packed, stack, scratch):
     """Sort float32 ``keys`` (non-negative) into ``packed``; index = ``packed & LOW``.
 
-    ``scratch``: int64, at least ``2 * len(keys) + 2`` entries.
+    ``scratch``: int64, at least ``4 * len(keys) + 18`` entries.
     """
     pack_keys(keys, packed)
     sort_desc(packed, 0, keys.shape[0], stack, scratch)
