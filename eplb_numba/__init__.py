@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from ._movement import Migration, plan_migration
 from ._api import (
     balanced_packing,
     rebalance_experts,
@@ -27,3 +26,22 @@ __all__ = [
     "replicate_experts",
     "warmup",
 ]
+
+
+# The movement-aware tools compile their own kernels; load them on first use
+# so that ``import eplb_numba`` stays fast.
+_LAZY = {"Migration": "._movement", "plan_migration": "._movement"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'eplb_numba' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -7,7 +7,6 @@ import numpy as np
 from ._jit import parallel_threads
 from ._kernels.placement import fill_log2phy, place_layers, place_layers_parallel
 from ._kernels.plan import pack_rows, replicate_rows
-from ._kernels.slots import preserve_slots, ranks_in_slot_order
 from ._validate import as_count, as_weight, check_layout
 
 __all__ = [
@@ -231,6 +230,8 @@ def _preserve_slots(phy2log, old_phy2log, num_gpus, num_logical):
 
     ``old_phy2log`` must already be an int64 array of ``phy2log``'s shape.
     """
+    from ._kernels.slots import preserve_slots, ranks_in_slot_order
+
     out = np.empty_like(phy2log)
     preserve_slots(phy2log, old_phy2log, num_gpus, out)
     rank = np.empty_like(out)

@@ -55,3 +55,17 @@ def test_module_entry_point_runs_default_workload():
     result = subprocess.run([sys.executable, "-m", "eplb_numba"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "balancedness" in result.stdout
+
+
+def test_movement_tools_load_on_first_use():
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, eplb_numba\n"
+         "assert 'eplb_numba._movement' not in sys.modules\n"
+         "m = eplb_numba.plan_migration([[0, 1]], [[1, 0]], 2)\n"
+         "assert 'eplb_numba._movement' in sys.modules and isinstance(m, eplb_numba.Migration)\n"
+         "print(len(m.expert))\n"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
