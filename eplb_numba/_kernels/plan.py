@@ -39,6 +39,7 @@ def _pack_before(load_a, a, load_b, b):
 
 @jit(inline="always")
 def _sift_down_min(heap, size, loads, pos):
+    # Min-heap of indices ordered by (loads[i], i).
     item = heap[pos]
     while True:
         child = 2 * pos + 1
@@ -129,31 +130,6 @@ def pack_row(keys, weights, num_packs, pack_index, rank_in_pack, packed, loads, 
         _greedy_heap(packed[:n], weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap)
 
 
-@jit
-def _expert_before(ratio_a, a, ratio_b, b):
-    return ratio_a > ratio_b or (ratio_a == ratio_b and a < b)
-
-
-@jit(inline="always")
-def _sift_down_max(heap, size, ratio, pos):
-    item = heap[pos]
-    while True:
-        child = 2 * pos + 1
-        if child >= size:
-            break
-        c = heap[child]
-        if child + 1 < size:
-            d = heap[child + 1]
-            if _expert_before(ratio[d], d, ratio[c], c):
-                child += 1
-                c = d
-        if not _expert_before(ratio[c], c, ratio[item], item):
-            break
-        heap[pos] = c
-        pos = child
-    heap[pos] = item
-
-
 @jit(inline="always")
 def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
     """Give ``num_phy - n`` extra replicas to the ``n`` experts of one row.
@@ -204,20 +180,23 @@ def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
             # load's dtype before dividing.
             ratio[best] = weights[e] / cntf[best]
         return
+    # Many extras: a heap over all experts.  The packing heap's min-order on
+    # (key, index) serves with key = -ratio: the largest ratio comes first
+    # and equal ratios (negation is exact) go to the lowest index.
     for e in range(num_log):
         cntf[e] = 1
-        ratio[e] = weights[e]
+        ratio[e] = -weights[e]
         heap[e] = e
     for pos in range(num_log // 2 - 1, -1, -1):
-        _sift_down_max(heap, num_log, ratio, pos)
+        _sift_down_min(heap, num_log, ratio, pos)
     for i in range(num_log, num_phy):
         e = heap[0]
         phy2log[i] = e
         rank[i] = logcnt[e]
         logcnt[e] += 1
         cntf[e] += 1
-        ratio[e] = weights[e] / cntf[e]
-        _sift_down_max(heap, num_log, ratio, 0)
+        ratio[e] = -(weights[e] / cntf[e])
+        _sift_down_min(heap, num_log, ratio, 0)
 
 
 @jit
