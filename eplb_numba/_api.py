@@ -116,7 +116,6 @@ def _rebalance(w, layout, group_sums=None, out=None):
     if out is None:
         max_count = layout.num_replicas - layout.num_logical + 1
         log2phy = np.empty((layout.num_layers, layout.num_logical, max_count), dtype=np.int64)
-        out = (None, log2phy, None)
         phy2log, _, logcnt = _place(w, layout, group_sums, log2phy)
     else:
         phy2log, log2phy, logcnt = out

@@ -42,13 +42,11 @@ def parallel_threads() -> int:
     ``docs/benchmarks.md``).  Numba's threads need a thread-safe threading
     layer (OpenMP or TBB) for calls from several Python threads at once.
     """
-    import numba as _numba
-
     try:
         wanted = int(os.environ.get("EPLB_NUMBA_THREADS", "1"))
     except ValueError:
         return 1
-    return max(1, min(wanted, _numba.config.NUMBA_NUM_THREADS))
+    return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
 
 
 def jit(func=None, **overrides):

@@ -7,7 +7,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from eplb_numba._kernels.sort import LOW, SORT_STACK_SIZE, argsort_desc, heap_sort_desc, pack_keys  # noqa: E402
+from eplb_numba._kernels.sort import (  # noqa: E402
+    LOW,
+    SORT_SCRATCH_EXTRA,
+    SORT_SCRATCH_PER_ITEM,
+    SORT_STACK_SIZE,
+    argsort_desc,
+    heap_sort_desc,
+    pack_keys,
+)
 
 from .introsort_model import killer_sequence  # noqa: E402
 
@@ -15,7 +23,8 @@ from .introsort_model import killer_sequence  # noqa: E402
 def ours(keys):
     keys = np.ascontiguousarray(keys, dtype=np.float32)
     packed = np.empty(keys.shape[0], dtype=np.int64)
-    argsort_desc(keys, packed, np.empty(SORT_STACK_SIZE, dtype=np.int64), np.empty(4 * keys.shape[0] + 18, dtype=np.int64))
+    scratch = np.empty(SORT_SCRATCH_PER_ITEM * keys.shape[0] + SORT_SCRATCH_EXTRA, dtype=np.int64)
+    argsort_desc(keys, packed, np.empty(SORT_STACK_SIZE, dtype=np.int64), scratch)
     return packed & LOW
 
 

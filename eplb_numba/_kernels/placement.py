@@ -17,7 +17,7 @@ import numpy as np
 
 from .._jit import jit
 from .plan import pack_row, replicate_row
-from .sort import SORT_STACK_SIZE
+from .sort import SORT_SCRATCH_EXTRA, SORT_SCRATCH_PER_ITEM, SORT_STACK_SIZE
 
 
 @jit(inline="always")
@@ -52,7 +52,9 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     have_sums = group_sums.shape[0] == num_layers
     want_log2phy = log2phy.shape[0] == num_layers
 
-    packed = np.empty(5 * max(num_groups, phy_per_node) + 18, dtype=np.int64)
+    # The sorted pairs, then the sort's scratch (as pack_row expects).
+    biggest = max(num_groups, phy_per_node)
+    packed = np.empty((1 + SORT_SCRATCH_PER_ITEM) * biggest + SORT_SCRATCH_EXTRA, dtype=np.int64)
     loads = np.empty(max(num_nodes, gpus_per_node), dtype=np.float32)
     items = np.empty(loads.shape[0], dtype=np.int64)
     heap = np.empty(max(num_nodes, gpus_per_node, log_per_node), dtype=np.int64)

@@ -166,7 +166,8 @@ def sort_desc(a, first, last, stack, scratch):
     ``stack`` is int64 scratch of ``SORT_STACK_SIZE`` entries; it replaces
     the recursion of the original on the right-hand parts, which touch
     disjoint ranges, so the order they are finished in does not matter.
-    ``scratch`` is int64 of at least ``4 * (last - first) + 18`` entries.
+    ``scratch`` is int64 of at least ``SORT_SCRATCH_PER_ITEM * (last - first)
+    + SORT_SCRATCH_EXTRA`` entries.
     """
     n = last - first
     if n < 2:
@@ -235,7 +236,8 @@ def sort_desc(a, first, last, stack, scratch):
 def argsort_desc(keys, packed, stack, scratch):
     """Sort float32 ``keys`` (non-negative) into ``packed``; index = ``packed & LOW``.
 
-    ``scratch``: int64, at least ``4 * len(keys) + 18`` entries.
+    ``scratch``: int64, at least ``SORT_SCRATCH_PER_ITEM * len(keys) + SORT_SCRATCH_EXTRA``
+    entries.
     """
     pack_keys(keys, packed)
     sort_desc(packed, 0, keys.shape[0], stack, scratch)
