@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import parallel_threads
+from ._jit import parallel_threads, run_by_layers
 from ._kernels.placement import fill_log2phy, place_layers, place_layers_parallel
 from ._kernels.plan import pack_rows, replicate_rows
 from ._validate import as_count, as_weight, check_layout
@@ -38,11 +38,8 @@ def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None):
     else:
         phy2log, logcnt = out
     phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
-    threads = min(parallel_threads(), layout.num_layers)
-    if threads > 1:
-        place_layers_parallel(w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, threads)
-    elif layout.num_layers:
-        place_layers(w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy)
+    run_by_layers(place_layers, place_layers_parallel, layout.num_layers,
+                  w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy)
     return phy2log, phyrank, logcnt
 
 

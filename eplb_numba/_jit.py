@@ -11,7 +11,7 @@ import os
 
 import numba
 
-__all__ = ["JIT_OPTIONS", "jit", "parallel_threads"]
+__all__ = ["JIT_OPTIONS", "jit", "parallel_threads", "run_by_layers"]
 
 
 def _cache_enabled() -> bool:
@@ -47,6 +47,18 @@ def parallel_threads() -> int:
     except ValueError:
         return 1
     return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
+
+
+def run_by_layers(serial, parallel, num_layers, *args):
+    """Run a layer kernel: ``parallel(*args, blocks)`` over threads, else ``serial(*args)``.
+
+    Every layer kernel comes as such a pair; nothing runs for zero layers.
+    """
+    threads = min(parallel_threads(), num_layers)
+    if threads > 1:
+        parallel(*args, threads)
+    elif num_layers:
+        serial(*args)
 
 
 def jit(func=None, **overrides):

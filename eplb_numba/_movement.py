@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._jit import parallel_threads
+from ._jit import run_by_layers
 from ._kernels.migration import migration_rows, migration_rows_parallel
 from ._kernels.moves import dedupe_layers, movement_layers, movement_layers_parallel
 from ._kernels.placement import fill_log2phy
@@ -67,13 +67,8 @@ def beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicat
         old = check_placement(old_phy2log, layout)
         if layout.num_layers:
             moved = np.empty_like(out)
-            args = (w, old, ref_phy2log, logcnt, groups, layout.num_gpus, nodes, slack, bool(avoid_duplicates),
-                    moved, how)
-            threads = min(parallel_threads(), layout.num_layers)
-            if threads > 1:
-                movement_layers_parallel(*args, threads)
-            else:
-                movement_layers(*args)
+            run_by_layers(movement_layers, movement_layers_parallel, layout.num_layers, w, old, ref_phy2log, logcnt,
+                          groups, layout.num_gpus, nodes, slack, bool(avoid_duplicates), moved, how)
             # Swaps can carry an expert off a GPU and another replica of it
             # back in a different slot: put every stayer back in its old slot.
             preserve_slots(moved, old, layout.num_gpus, out)
@@ -158,12 +153,8 @@ def plan_migration(old_phy2log, new_phy2log, num_gpus, num_nodes=1, expert_bytes
     rows = np.empty((new.size, 6), dtype=np.int64)
     counts = np.zeros(new.shape[0], dtype=np.int64)
     if new.size:
-        threads = min(parallel_threads(), new.shape[0])
-        args = (old, new, num_gpus, num_nodes, layout.num_logical, rows, counts)
-        if threads > 1:
-            migration_rows_parallel(*args, threads)
-        else:
-            migration_rows(*args)
+        run_by_layers(migration_rows, migration_rows_parallel, new.shape[0],
+                      old, new, num_gpus, num_nodes, layout.num_logical, rows, counts)
     # Layer l wrote its rows from l * num_replicas on: keep the written ones.
     keep = np.arange(new.shape[1]) < counts[:, None]
     rows = rows[keep.ravel()]
