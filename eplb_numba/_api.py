@@ -226,16 +226,28 @@ def _preserve_slots(phy2log, old_phy2log, num_gpus, num_logical):
 
     ``old_phy2log`` must already be an int64 array of ``phy2log``'s shape.
     """
-    from ._kernels.slots import preserve_slots, ranks_in_slot_order
+    from ._kernels.slots import preserve_slots
 
     out = np.empty_like(phy2log)
     preserve_slots(phy2log, old_phy2log, num_gpus, out)
-    rank = np.empty_like(out)
-    ranks_in_slot_order(out, num_logical, rank)
-    max_count = out.shape[1] - num_logical + 1
-    log2phy = np.empty((out.shape[0], num_logical, max_count), dtype=np.int64)
-    fill_log2phy(out, rank, log2phy)
-    return out, log2phy
+    return out, log2phy_of(out, num_logical)
+
+
+def log2phy_of(phy2log, num_logical):
+    """``log2phy`` of any placement, replica ranks in slot order (-1 padded).
+
+    For placements other than the reference's own, whose ranks come from
+    the order replicas were made.
+    """
+    from ._kernels.slots import ranks_in_slot_order
+
+    num_layers, num_phy = phy2log.shape
+    log2phy = np.empty((num_layers, num_logical, num_phy - num_logical + 1), dtype=np.int64)
+    if num_layers:
+        rank = np.empty_like(phy2log)
+        ranks_in_slot_order(phy2log, num_logical, rank)
+        fill_log2phy(phy2log, rank, log2phy)
+    return log2phy
 
 
 def warmup(parallel: bool | None = None) -> float:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["balancedness", "gpu_loads", "imbalance_ratio", "in_order_loads"]
+__all__ = ["balancedness", "gpu_loads", "imbalance_ratio", "in_order_loads", "replica_counts"]
+
+
+def replica_counts(phy2log, num_logical):
+    """Replicas of each expert in a placement, int64 [layers, num_logical]."""
+    p2l = np.asarray(phy2log)
+    layers = p2l.shape[0]
+    offsets = (np.arange(layers, dtype=np.int64) * num_logical)[:, None]
+    counts = np.bincount((p2l + offsets).ravel(), minlength=layers * num_logical)
+    return counts.reshape(layers, num_logical).astype(np.int64)
 
 
 def gpu_loads(weight, phy2log, num_gpus):
@@ -15,10 +24,8 @@ def gpu_loads(weight, phy2log, num_gpus):
     """
     w = np.asarray(weight, dtype=np.float64)
     p2l = np.asarray(phy2log)
-    layers, experts = w.shape[-2:]
-    counts = np.zeros((layers, experts))
-    np.add.at(counts, (np.repeat(np.arange(layers), p2l.shape[1]), p2l.ravel()), 1.0)
-    share = np.take_along_axis(1.0 / np.maximum(counts, 1.0), p2l, axis=1)
+    counts = replica_counts(p2l, w.shape[-1])
+    share = np.take_along_axis(1.0 / np.maximum(counts, 1), p2l, axis=1)
     per_slot = np.take_along_axis(w, np.broadcast_to(p2l, w.shape[:-1] + p2l.shape[-1:]), axis=-1) * share
     return per_slot.reshape(w.shape[:-1] + (num_gpus, -1)).sum(axis=-1)
 

@@ -10,11 +10,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._api import log2phy_of
 from ._jit import run_by_layers
 from ._kernels.migration import migration_rows, migration_rows_parallel
 from ._kernels.moves import dedupe_layers, movement_layers, movement_layers_parallel
-from ._kernels.placement import fill_log2phy
-from ._kernels.slots import preserve_slots, ranks_in_slot_order
+from ._kernels.slots import preserve_slots
+from ._metrics import replica_counts
 from ._validate import as_count, check_layout
 
 __all__ = ["Migration", "plan_migration"]
@@ -79,15 +80,8 @@ def beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicat
         out[...] = ref_phy2log
     # Replica counts can differ from the reference's where the old split was kept.
     if old_phy2log is not None and layout.num_layers:
-        offsets = (np.arange(layout.num_layers, dtype=np.int64) * layout.num_logical)[:, None]
-        logcnt = np.bincount((out + offsets).ravel(), minlength=layout.num_layers * layout.num_logical)
-        logcnt = logcnt.reshape(layout.num_layers, layout.num_logical).astype(np.int64)
-    rank = np.empty_like(out)
-    max_count = layout.num_replicas - layout.num_logical + 1
-    log2phy = np.empty((layout.num_layers, layout.num_logical, max_count), dtype=np.int64)
-    if layout.num_layers:
-        ranks_in_slot_order(out, layout.num_logical, rank)
-        fill_log2phy(out, rank, log2phy)
+        logcnt = replica_counts(out, layout.num_logical)
+    log2phy = log2phy_of(out, layout.num_logical)
     return out, log2phy, logcnt, how
 
 

@@ -118,13 +118,7 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
         for e in range(num_log):
             logcnt[layer, e] = mlogcnt[log2mlog[e]]
         if want_log2phy:
-            # Plain loops: Numba's broadcast assignment to a 2-D view is
-            # several times slower than writing the rows out.
-            for e in range(num_log):
-                for k in range(log2phy.shape[2]):
-                    log2phy[layer, e, k] = -1
-            for q in range(num_phy):
-                log2phy[layer, phy2log[layer, q], phyrank[layer, q]] = q
+            fill_log2phy_layer(phy2log[layer], phyrank[layer], log2phy[layer])
 
 
 @jit
@@ -144,14 +138,23 @@ def place_layers_parallel(weight, group_sums, num_groups, num_nodes, num_gpus, p
                     b * num_layers // blocks, (b + 1) * num_layers // blocks)
 
 
+@jit(inline="always")
+def fill_log2phy_layer(phy2log, phyrank, table):
+    """One layer: ``table[phy2log[q], phyrank[q]] = q``, every other entry -1."""
+    # Plain loops: Numba's broadcast assignment to a 2-D view is several
+    # times slower than writing the rows out.
+    for e in range(table.shape[0]):
+        for k in range(table.shape[1]):
+            table[e, k] = -1
+    for q in range(phy2log.shape[0]):
+        table[phy2log[q], phyrank[q]] = q
+
+
 @jit
 def fill_log2phy(phy2log, phyrank, log2phy):
     """``log2phy[l, phy2log[l, q], phyrank[l, q]] = q``, every other entry -1."""
-    num_layers, num_phy = phy2log.shape
-    for layer in range(num_layers):
-        log2phy[layer] = -1
-        for q in range(num_phy):
-            log2phy[layer, phy2log[layer, q], phyrank[layer, q]] = q
+    for layer in range(phy2log.shape[0]):
+        fill_log2phy_layer(phy2log[layer], phyrank[layer], log2phy[layer])
 
 
 @jit
