@@ -56,6 +56,17 @@ def _host_float32(weight):
     return w
 
 
+def _group_sums(w, layout):
+    """Group loads where the hierarchical policy sorts groups, else None.
+
+    torch's own float32 reduction on the same CPU tensor, as the reference
+    sums groups, so the order of summation (and every rounding) matches.
+    """
+    if not layout.hierarchical or layout.num_groups == layout.num_nodes or not layout.num_layers:
+        return None
+    return w.unflatten(-1, (layout.num_groups, layout.num_logical // layout.num_groups)).sum(-1).numpy()
+
+
 def _to_device(arrays, device):
     out = tuple(_torch.from_numpy(a) for a in arrays)
     if device.type == "cpu":
@@ -79,10 +90,7 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
     weight = _as_tensor(weight)
     w = _host_float32(weight)
     layout = check_layout(w.shape, num_replicas, num_groups, num_nodes, num_gpus)
-    sums = None
-    if layout.hierarchical and layout.num_groups != layout.num_nodes and layout.num_layers:
-        # torch's own float32 reduction, as the reference sums groups.
-        sums = w.unflatten(-1, (layout.num_groups, layout.num_logical // layout.num_groups)).sum(-1).numpy()
+    sums = _group_sums(w, layout)
     if old_phy2log is not None or avoid_duplicates:
         from ._movement import beyond_reference
 
@@ -110,9 +118,7 @@ def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num
     weight = _as_tensor(weight)
     w = _host_float32(weight)
     layout = check_layout(w.shape, num_physical_experts, num_groups, num_nodes, num_gpus, policy="hierarchical")
-    sums = None
-    if layout.num_groups != layout.num_nodes and layout.num_layers:
-        sums = w.unflatten(-1, (layout.num_groups, layout.num_logical // layout.num_groups)).sum(-1).numpy()
+    sums = _group_sums(w, layout)
     return _to_device(_api._place(w.numpy(), layout, sums), weight.device)
 
 
