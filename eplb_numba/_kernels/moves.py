@@ -88,13 +88,11 @@ def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, av
 
 
 @jit
-def _swap_slots(out, loads, w, cnt, per_gpu, s, t):
-    g = s // per_gpu
-    h = t // per_gpu
-    ls = w[out[s]] / cnt[out[s]]
-    lt = w[out[t]] / cnt[out[t]]
-    loads[g] += lt - ls
-    loads[h] += ls - lt
+def _swap_slots(out, loads, per_gpu, s, t, load_s, load_t):
+    # Exchange the replicas of slots s and t (loads ``load_s``, ``load_t``)
+    # and move their loads between the two GPUs.
+    loads[s // per_gpu] += load_t - load_s
+    loads[t // per_gpu] += load_s - load_t
     e = out[s]
     out[s] = out[t]
     out[t] = e
@@ -102,13 +100,7 @@ def _swap_slots(out, loads, w, cnt, per_gpu, s, t):
 
 @jit
 def _swap_with_loads(out, slot_load, loads, per_gpu, s, t):
-    g = s // per_gpu
-    h = t // per_gpu
-    loads[g] += slot_load[t] - slot_load[s]
-    loads[h] += slot_load[s] - slot_load[t]
-    e = out[s]
-    out[s] = out[t]
-    out[t] = e
+    _swap_slots(out, loads, per_gpu, s, t, slot_load[s], slot_load[t])
     x = slot_load[s]
     slot_load[s] = slot_load[t]
     slot_load[t] = x
@@ -128,6 +120,7 @@ def dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound):
             ls = w[es] / cnt[es]
             best = np.inf
             best_t = -1
+            best_lt = 0.0
             for h in range(first, first + gpus_per_node):
                 if h == g or _holds(out, h * per_gpu, per_gpu, es, -1):
                     continue
@@ -140,8 +133,9 @@ def dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound):
                     if m <= bound and m < best:
                         best = m
                         best_t = t
+                        best_lt = lt
             if best_t >= 0:
-                _swap_slots(out, loads, w, cnt, per_gpu, s, best_t)
+                _swap_slots(out, loads, per_gpu, s, best_t, ls, best_lt)
 
 
 @jit
@@ -237,14 +231,13 @@ def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_d
 
 
 @jit
-def relabel_layer(old, ref, num_gpus, num_nodes, num_logical, out):
-    """The reference placement with its nodes and GPUs relabelled onto the old ones
-    (optimal assignment by shared experts) and experts that stay keeping their slot."""
+def relabel_layer(old, ref, perm, num_gpus, num_nodes, out):
+    """The reference placement with its node ``a`` on old node ``perm[a]`` (see
+    ``node_relabel``), its GPUs relabelled onto the old ones by optimal
+    assignment of shared experts, and experts that stay keeping their slot."""
     num_phy = ref.shape[0]
     per_gpu = num_phy // num_gpus
     gpus_per_node = num_gpus // num_nodes
-    perm = np.empty(num_nodes, dtype=np.int64)
-    node_relabel(old, ref, num_nodes, num_logical, perm)
     score = np.zeros((gpus_per_node, gpus_per_node))
     assign = np.empty(gpus_per_node, dtype=np.int64)
     used = np.empty(per_gpu, dtype=np.bool_)
@@ -383,7 +376,7 @@ def movement_range(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, s
             how[layer] = 2
             continue
         how[layer] = 3
-        relabel_layer(old[layer], ref[layer], num_gpus, num_nodes, num_logical, out[layer])
+        relabel_layer(old[layer], ref[layer], perm, num_gpus, num_nodes, out[layer])
         if avoid_dup:
             layer_loads(w, out[layer], ref_cnt[layer], per_gpu, loads)
             dedupe(out[layer], loads, w, ref_cnt[layer], num_gpus, num_nodes, per_gpu, bound)
