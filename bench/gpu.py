@@ -13,29 +13,25 @@ import argparse
 import json
 import os
 import sys
-import time
 
-import numpy as np
 import torch
 
 import eplb_numba
 from eplb_numba import _oracle
 from eplb_numba import torch as eplb_torch
-from eplb_numba._bench import MODEL_ROWS, machine
+from eplb_numba._bench import MODEL_ROWS, _fmt, _summary, _times, machine
 from eplb_numba._workload import deepseek_v3_loads
 
 
 def timed(fn, runs):
-    fn()
-    out = []
-    for _ in range(runs):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
+    """Median and p99 of ``fn`` plus a device synchronise, over ``runs`` warm runs."""
+
+    def synced():
         fn()
         torch.cuda.synchronize()
-        out.append(time.perf_counter() - t)
-    arr = np.array(out) * 1e6
-    return {"median_us": float(np.median(arr)), "p99_us": float(np.percentile(arr, 99)), "runs": runs}
+
+    # Each run ends synchronised, so the next one starts with an idle GPU.
+    return _summary(_times(synced, runs, budget_s=float("inf")))
 
 
 def main(argv=None):
@@ -83,10 +79,9 @@ def main(argv=None):
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        f = lambda s: f"{s['median_us']:,.0f} (p99 {s['p99_us']:,.0f})"  # noqa: E731
         for t in args.threads:
-            lines.append(f"| {r['name']} | {r['identical_to_oracle']} | {t} | {f(r[f'cuda_end_to_end_t{t}'])} | "
-                         f"{f(r[f'numpy_on_host_t{t}'])} | {f(r['torch_reference'])} | {r['speedup']:,.0f}x |")
+            lines.append(f"| {r['name']} | {r['identical_to_oracle']} | {t} | {_fmt(r[f'cuda_end_to_end_t{t}'])} | "
+                         f"{_fmt(r[f'numpy_on_host_t{t}'])} | {_fmt(r['torch_reference'])} | {r['speedup']:,.0f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(args.out, exist_ok=True)
