@@ -34,9 +34,9 @@ LOW = np.int64(0xFFFFFFFF)
 
 
 # Scratch words ``sort_desc`` needs for n elements: SORT_SCRATCH_PER_ITEM * n
-# + SORT_SCRATCH_EXTRA (partition lists, leaf ranges, a leaf's buffer).
+# + SORT_SCRATCH_EXTRA (partition lists, leaf ranges, a leaf's copy and rank keys).
 SORT_SCRATCH_PER_ITEM = 4
-SORT_SCRATCH_EXTRA = 2 + _THRESHOLD
+SORT_SCRATCH_EXTRA = 2 + 2 * _THRESHOLD
 
 
 @jit(inline="always")
@@ -211,25 +211,30 @@ def sort_desc(a, first, last, stack, scratch):
     # left every key of a range >= every key of the ranges after it, so that
     # pass never moves an element out of its range, and being stable it
     # equals a stable sort of each leaf range (heapsorted ranges are already
-    # in order).  A stable rank sort of each leaf needs no data-dependent
-    # branch: an element's place is the number of larger keys plus the
-    # number of equal keys before it.
+    # in order).  That is a rank sort: an element's place is the number of
+    # keys that beat it, equal keys before it included.  With the position
+    # folded into the low word (earlier = larger) every key is distinct and
+    # "beats" is one integer comparison; padded to _THRESHOLD keys with -1,
+    # which beats nothing, the count runs over a fixed width that compiles to
+    # a few vector compares instead of two data-dependent loops.
     tmp = scratch[4 * n + 2:]
+    rank_keys = tmp[_THRESHOLD:]
     for leaf in range(n_leaves):
         lo = scratch[leaves + 2 * leaf]
         hi = scratch[leaves + 2 * leaf + 1]
-        for i in range(lo, hi):
-            v = a[i]
-            v_hi = v | LOW
-            v_key = v >> 32
+        size = hi - lo
+        for t in range(_THRESHOLD):
+            rank_keys[t] = -1
+        for t in range(size):
+            v = a[lo + t]
+            tmp[t] = v
+            rank_keys[t] = (v & ~LOW) | (LOW - t)
+        for t in range(size):
+            v = rank_keys[t]
             r = 0
-            for j in range(lo, hi):
-                r += a[j] > v_hi
-            for j in range(lo, i):
-                r += (a[j] >> 32) == v_key
-            tmp[r] = v
-        for i in range(lo, hi):
-            a[i] = tmp[i - lo]
+            for u in range(_THRESHOLD):
+                r += rank_keys[u] > v
+            a[lo + r] = tmp[t]
 
 
 @jit(inline="always")
