@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from .._jit import jit
-from .plan import pack_row, replicate_row
+from .plan import LOCKSTEP_ROWS, pack_block, replicate_row
 from .sort import SORT_SCRATCH_EXTRA, SORT_SCRATCH_PER_ITEM, SORT_STACK_SIZE
 
 
@@ -51,74 +51,92 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     slots_per_gpu = phy_per_node // gpus_per_node
     have_sums = group_sums.shape[0] == num_layers
     want_log2phy = log2phy.shape[0] == num_layers
+    # Layers are planned a block at a time so that the greedy packing steps
+    # about LOCKSTEP_ROWS independent (layer, node) rows together.
+    block = max(1, LOCKSTEP_ROWS // num_nodes)
+    rows = block * num_nodes
 
-    # The sorted pairs, then the sort's scratch (as pack_row expects).
-    biggest = max(num_groups, phy_per_node)
-    packed = np.empty((1 + SORT_SCRATCH_PER_ITEM) * biggest + SORT_SCRATCH_EXTRA, dtype=np.int64)
-    loads = np.empty(max(num_nodes, gpus_per_node), dtype=np.float32)
-    items = np.empty(loads.shape[0], dtype=np.int64)
-    heap = np.empty(max(num_nodes, gpus_per_node, log_per_node), dtype=np.int64)
+    packs = max(num_nodes, gpus_per_node)
+    loads = np.empty((rows, packs), dtype=np.float32)
+    items = np.empty((rows, packs), dtype=np.int64)
+    heap = np.empty((rows, packs), dtype=np.int64)
     stack = np.empty(SORT_STACK_SIZE, dtype=np.int64)
+    scratch = np.empty(SORT_SCRATCH_PER_ITEM * max(num_groups, phy_per_node) + SORT_SCRATCH_EXTRA, dtype=np.int64)
 
-    sums = np.empty(num_groups, dtype=np.float32)
-    group_node = np.empty(num_groups, dtype=np.int64)
-    group_rank = np.empty(num_groups, dtype=np.int64)
-    log2mlog = np.empty(num_log, dtype=np.int64)
-    mlog2log = np.empty(num_log, dtype=np.int64)
-    mlogcnt = np.empty(num_log, dtype=np.int64)
+    sums = np.empty((block, num_groups), dtype=np.float32)
+    group_order = np.empty((block, num_groups), dtype=np.int64)
+    group_node = np.empty((block, num_groups), dtype=np.int64)
+    group_rank = np.empty((block, num_groups), dtype=np.int64)
+    log2mlog = np.empty((block, num_log), dtype=np.int64)
+    mlog2log = np.empty((block, num_log), dtype=np.int64)
+    mlogcnt = np.empty((block, num_log), dtype=np.int64)
     tokens = np.empty(log_per_node, dtype=np.float32)
     cntf = np.empty(log_per_node, dtype=np.float32)
     ratio = np.empty(log_per_node, dtype=np.float32)
-    phy2mlog = np.empty(phy_per_node, dtype=np.int64)
-    rank = np.empty(phy_per_node, dtype=np.int64)
-    phy_load = np.empty(phy_per_node, dtype=np.float32)
-    gpu = np.empty(phy_per_node, dtype=np.int64)
-    gpu_rank = np.empty(phy_per_node, dtype=np.int64)
+    candidates = np.empty(log_per_node, dtype=np.int64)
+    phy2mlog = np.empty((rows, phy_per_node), dtype=np.int64)
+    rank = np.empty((rows, phy_per_node), dtype=np.int64)
+    phy_load = np.empty((rows, phy_per_node), dtype=np.float32)
+    order = np.empty((rows, phy_per_node), dtype=np.int64)
+    gpu = np.empty((rows, phy_per_node), dtype=np.int64)
+    gpu_rank = np.empty((rows, phy_per_node), dtype=np.int64)
 
-    for layer in range(lo, hi):
-        w = weight[layer]
+    for first in range(lo, hi, block):
+        nb = min(block, hi - first)
         # Step 1: groups to nodes.
         if groups_per_node == 1:
-            for g in range(num_groups):
-                group_node[g] = g
-                group_rank[g] = 0
-        else:
-            if have_sums:
+            for b in range(nb):
                 for g in range(num_groups):
-                    sums[g] = group_sums[layer, g]
-            else:
-                _group_sums(w, num_groups, sums)
-            pack_row(sums, sums, num_nodes, group_node, group_rank, packed, loads, items, heap, stack, True)
-        # Nested loops rather than e // group_size: a 64-bit division per
-        # expert cost more than the rest of this mapping.
-        for g in range(num_groups):
-            base_m = (group_node[g] * groups_per_node + group_rank[g]) * group_size
-            for j in range(group_size):
-                e = g * group_size + j
-                log2mlog[e] = base_m + j
-                mlog2log[base_m + j] = e
-
-        for node in range(num_nodes):
-            base = node * log_per_node
-            # Step 2: replicas within the node.
-            for j in range(log_per_node):
-                tokens[j] = w[mlog2log[base + j]]
-            replicate_row(tokens, phy_per_node, phy2mlog, rank, mlogcnt[base:base + log_per_node], cntf, ratio, heap)
-            # Step 3: the node's replicas to its GPUs.
-            for k in range(phy_per_node):
-                m = phy2mlog[k]
-                phy_load[k] = tokens[m] / np.float32(mlogcnt[base + m])
-            pack_row(phy_load, phy_load, gpus_per_node, gpu, gpu_rank, packed, loads, items, heap, stack, True)
-            out = node * phy_per_node
-            for k in range(phy_per_node):
-                q = out + gpu[k] * slots_per_gpu + gpu_rank[k]
-                phy2log[layer, q] = mlog2log[base + phy2mlog[k]]
-                phyrank[layer, q] = rank[k]
-
-        for e in range(num_log):
-            logcnt[layer, e] = mlogcnt[log2mlog[e]]
-        if want_log2phy:
-            fill_log2phy_layer(phy2log[layer], phyrank[layer], log2phy[layer])
+                    group_node[b, g] = g
+                    group_rank[b, g] = 0
+        else:
+            for b in range(nb):
+                if have_sums:
+                    for g in range(num_groups):
+                        sums[b, g] = group_sums[first + b, g]
+                else:
+                    _group_sums(weight[first + b], num_groups, sums[b])
+            pack_block(sums[:nb], sums[:nb], num_nodes, group_node[:nb], group_rank[:nb], group_order[:nb],
+                       loads[:nb], items[:nb], heap[:nb], stack, scratch, True)
+        for b in range(nb):
+            # Nested loops rather than e // group_size: a 64-bit division per
+            # expert cost more than the rest of this mapping.
+            for g in range(num_groups):
+                base_m = (group_node[b, g] * groups_per_node + group_rank[b, g]) * group_size
+                for j in range(group_size):
+                    e = g * group_size + j
+                    log2mlog[b, e] = base_m + j
+                    mlog2log[b, base_m + j] = e
+            # Step 2: replicas within each node.
+            w = weight[first + b]
+            for node in range(num_nodes):
+                row = b * num_nodes + node
+                base = node * log_per_node
+                for j in range(log_per_node):
+                    tokens[j] = w[mlog2log[b, base + j]]
+                cnt = mlogcnt[b, base:base + log_per_node]
+                replicate_row(tokens, phy_per_node, phy2mlog[row], rank[row], cnt, cntf, ratio, candidates)
+                for k in range(phy_per_node):
+                    m = phy2mlog[row, k]
+                    phy_load[row, k] = tokens[m] / np.float32(cnt[m])
+        # Step 3: each node's replicas to its GPUs.
+        used = nb * num_nodes
+        pack_block(phy_load[:used], phy_load[:used], gpus_per_node, gpu[:used], gpu_rank[:used], order[:used],
+                   loads[:used], items[:used], heap[:used], stack, scratch, True)
+        for b in range(nb):
+            layer = first + b
+            for node in range(num_nodes):
+                row = b * num_nodes + node
+                base = node * log_per_node
+                out = node * phy_per_node
+                for k in range(phy_per_node):
+                    q = out + gpu[row, k] * slots_per_gpu + gpu_rank[row, k]
+                    phy2log[layer, q] = mlog2log[b, base + phy2mlog[row, k]]
+                    phyrank[layer, q] = rank[row, k]
+            for e in range(num_log):
+                logcnt[layer, e] = mlogcnt[b, log2mlog[b, e]]
+            if want_log2phy:
+                fill_log2phy_layer(phy2log[layer], phyrank[layer], log2phy[layer])
 
 
 @jit

@@ -1,8 +1,9 @@
-"""Greedy packing and replication, one row at a time.
+"""Greedy packing and replication over rows of independent problems.
 
-Each ``*_row`` kernel handles one layer (or one layer-node row) in
-preallocated scratch; the ``*_rows`` kernels loop over rows and own the
-scratch.  Tie-breaking follows the reference exactly:
+``replicate_row`` handles one row (a layer, or a layer's node) and
+``pack_block`` a block of rows, in preallocated scratch; the ``*_rows``
+kernels loop over all rows and own the scratch.  Tie-breaking follows the
+reference exactly:
 
 * packing visits items in torch's descending sort order (``sort.py``) and
   gives each to the lightest pack that still has room, the lowest pack index
@@ -25,6 +26,8 @@ from .sort import LOW, SORT_SCRATCH_PER_ITEM, SORT_SCRATCH_EXTRA, SORT_STACK_SIZ
 
 # Up to this many packs a branch-free scan beats a heap.
 _SCAN_PACKS = 64
+# Packing problems stepped together (see _greedy_scan_f32).
+LOCKSTEP_ROWS = 4
 # Up to this many extra replicas (and fewer than the experts), candidates
 # are found once and scanned; beyond it a heap over all experts is cheaper.
 _SCAN_EXTRAS = 32
@@ -59,15 +62,15 @@ def _sift_down_min(heap, size, loads, pos):
 
 
 @jit(inline="always")
-def _greedy_heap(packed, weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap):
-    # Min-heap keyed on (load, pack index); full packs leave the heap.
+def _greedy_heap(order, weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap):
+    # One row.  Min-heap keyed on (load, pack index); full packs leave it.
     for p in range(num_packs):
         loads[p] = 0
         items[p] = 0
         heap[p] = p
     size = num_packs
-    for j in range(packed.shape[0]):
-        item = packed[j] & LOW
+    for j in range(order.shape[0]):
+        item = order[j] & LOW
         p = heap[0]
         pack_index[item] = p
         rank_in_pack[item] = items[p]
@@ -81,53 +84,65 @@ def _greedy_heap(packed, weights, num_packs, per_pack, pack_index, rank_in_pack,
 
 
 @jit(inline="always")
-def _greedy_scan_f32(packed, weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, keys):
-    # keys[p] = (bits of float32 load << 32) | p, or _CLOSED once full: the
-    # integer minimum is the lightest open pack, lowest index first, and the
-    # min-reduction compiles to vector instructions without branches.
+def _greedy_scan_f32(order, weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, keys):
+    # Every row at once, item by item.  keys[r, p] = (bits of float32 load
+    # << 32) | p, or _CLOSED once full: the integer minimum is the lightest
+    # open pack, lowest index first, and the min-reduction compiles without
+    # branches.  One row's picks form a chain of dependent steps; stepping
+    # the rows in turn lets the processor overlap independent chains.
+    rows, n = order.shape
     bits = loads.view(np.int32)
-    for p in range(num_packs):
-        loads[p] = 0
-        items[p] = 0
-        keys[p] = p
-    for j in range(packed.shape[0]):
-        item = packed[j] & LOW
-        best = keys[0]
-        for p in range(1, num_packs):
-            best = min(best, keys[p])
-        p = best & LOW
-        pack_index[item] = p
-        rank_in_pack[item] = items[p]
-        loads[p] += weights[item]
-        items[p] += 1
-        if items[p] == per_pack:
-            keys[p] = _CLOSED
-        else:
-            keys[p] = (np.int64(bits[p]) << 32) | p
+    for r in range(rows):
+        for p in range(num_packs):
+            loads[r, p] = 0
+            items[r, p] = 0
+            keys[r, p] = p
+    for j in range(n):
+        for r in range(rows):
+            item = order[r, j] & LOW
+            best = keys[r, 0]
+            for p in range(1, num_packs):
+                best = min(best, keys[r, p])
+            p = best & LOW
+            pack_index[r, item] = p
+            rank_in_pack[r, item] = items[r, p]
+            loads[r, p] += weights[r, item]
+            items[r, p] += 1
+            if items[r, p] == per_pack:
+                keys[r, p] = _CLOSED
+            else:
+                keys[r, p] = (np.int64(bits[r, p]) << 32) | p
 
 
 @jit(inline="always")
-def pack_row(keys, weights, num_packs, pack_index, rank_in_pack, packed, loads, items, heap, stack, f32_loads):
-    """Balanced packing of one row of ``n`` items into ``num_packs`` equal packs.
+def pack_block(keys, weights, num_packs, pack_index, rank_in_pack, order, loads, items, heap, stack, scratch,
+               f32_loads):
+    """Balanced packing of each row's ``n`` items into ``num_packs`` equal packs.
 
-    ``keys`` (float32) decide the visiting order and ``weights`` are summed:
-    the reference sorts ``weight.float()`` but adds ``weight`` itself.
-    ``loads`` has ``weights``' dtype; when that is float32 (``f32_loads``)
-    and packs are few, a vectorised scan replaces the heap.
+    All arrays but ``stack`` and ``scratch`` are 2-D with one row per packing
+    problem.  ``keys`` (float32) decide the visiting order and ``weights``
+    are summed: the reference sorts ``weight.float()`` but adds ``weight``
+    itself.  ``order`` [rows, n] receives the sorted pairs; ``loads`` (of
+    ``weights``' dtype), ``items`` and ``heap`` have ``num_packs`` columns.
+    When loads are float32 (``f32_loads``) and packs are few, a vectorised
+    scan over all rows replaces one heap per row.
     """
-    n = keys.shape[0]
+    rows, n = keys.shape
     per_pack = n // num_packs
     if per_pack == 1:
-        for i in range(n):
-            pack_index[i] = i
-            rank_in_pack[i] = 0
+        for r in range(rows):
+            for i in range(n):
+                pack_index[r, i] = i
+                rank_in_pack[r, i] = 0
         return
-    # ``packed`` holds the n sorted pairs, then the sort's scratch.
-    argsort_desc(keys, packed[:n], stack, packed[n:])
+    for r in range(rows):
+        argsort_desc(keys[r], order[r], stack, scratch)
     if f32_loads and num_packs <= _SCAN_PACKS:
-        _greedy_scan_f32(packed[:n], weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap)
+        _greedy_scan_f32(order, weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap)
     else:
-        _greedy_heap(packed[:n], weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap)
+        for r in range(rows):
+            _greedy_heap(order[r], weights[r], num_packs, per_pack, pack_index[r], rank_in_pack[r], loads[r],
+                         items[r], heap[r])
 
 
 @jit(inline="always")
@@ -201,16 +216,19 @@ def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
 
 @jit
 def pack_rows(keys, weights, num_packs, pack_index, rank_in_pack, f32_loads):
-    """``pack_row`` over every row of 2-D ``keys``/``weights``."""
+    """``pack_block`` over every row of 2-D ``keys``/``weights``, LOCKSTEP_ROWS at a time."""
     rows, n = keys.shape
-    packed = np.empty((1 + SORT_SCRATCH_PER_ITEM) * n + SORT_SCRATCH_EXTRA, dtype=np.int64)
-    loads = np.empty(num_packs, dtype=weights.dtype)
-    items = np.empty(num_packs, dtype=np.int64)
-    heap = np.empty(num_packs, dtype=np.int64)
+    block = max(1, min(rows, LOCKSTEP_ROWS))
+    order = np.empty((block, n), dtype=np.int64)
+    loads = np.empty((block, num_packs), dtype=weights.dtype)
+    items = np.empty((block, num_packs), dtype=np.int64)
+    heap = np.empty((block, num_packs), dtype=np.int64)
     stack = np.empty(SORT_STACK_SIZE, dtype=np.int64)
-    for r in range(rows):
-        pack_row(keys[r], weights[r], num_packs, pack_index[r], rank_in_pack[r], packed, loads, items, heap, stack,
-                 f32_loads)
+    scratch = np.empty(SORT_SCRATCH_PER_ITEM * n + SORT_SCRATCH_EXTRA, dtype=np.int64)
+    for lo in range(0, rows, block):
+        hi = min(lo + block, rows)
+        pack_block(keys[lo:hi], weights[lo:hi], num_packs, pack_index[lo:hi], rank_in_pack[lo:hi], order[:hi - lo],
+                   loads[:hi - lo], items[:hi - lo], heap[:hi - lo], stack, scratch, f32_loads)
 
 
 @jit
