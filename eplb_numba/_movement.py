@@ -12,7 +12,7 @@ import numpy as np
 
 from ._api import log2phy_of
 from ._jit import run_by_layers
-from ._kernels.migration import migration_rows, migration_rows_parallel
+from ._kernels.migration import gather_copies, migration_rows, migration_rows_parallel
 from ._kernels.moves import dedupe_layers, movement_layers, movement_layers_parallel
 from ._kernels.slots import preserve_slots
 from ._metrics import replica_counts
@@ -149,11 +149,7 @@ def plan_migration(old_phy2log, new_phy2log, num_gpus, num_nodes=1, expert_bytes
     if new.size:
         run_by_layers(migration_rows, migration_rows_parallel, new.shape[0],
                       old, new, num_gpus, num_nodes, layout.num_logical, rows, counts)
-    # Layer l wrote its rows from l * num_replicas on: keep the written ones.
-    keep = np.arange(new.shape[1]) < counts[:, None]
-    rows = rows[keep.ravel()]
-    n = len(rows)
-    per_node = num_gpus // num_nodes
-    local = (rows[:, 2] >= 0) & (rows[:, 2] // per_node == rows[:, 4] // per_node)
-    intra = int(local.sum())
-    return Migration(*(rows[:, k].copy() for k in range(6)), intra, n - intra, n * expert_bytes)
+    copies = np.empty((6, int(counts.sum())), dtype=np.int64)
+    intra = gather_copies(rows, counts, new.shape[1], num_gpus // num_nodes, copies)
+    n = copies.shape[1]
+    return Migration(*copies, intra, n - intra, n * expert_bytes)

@@ -6,7 +6,6 @@ import numba
 import numpy as np
 
 from .._jit import jit
-from .moves import _holds
 
 
 @jit
@@ -23,6 +22,10 @@ def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo
     fill = np.empty(num_logical, dtype=np.int64)
     slots = np.empty(num_phy, dtype=np.int64)
     sends = np.empty(num_gpus, dtype=np.int64)
+    # on_gpu[e] == stamp: the old placement has e on the GPU being filled
+    # (a fresh stamp per GPU and layer, so nothing is ever cleared).
+    on_gpu = np.zeros(num_logical, dtype=np.int64)
+    stamp = 0
     for layer in range(lo, hi):
         # Old slots of each expert, grouped (counting sort).
         start[:] = 0
@@ -39,9 +42,13 @@ def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo
         sends[:] = 0
         n = layer * num_phy
         for q in range(num_phy):
-            e = new[layer, q]
             g = q // per_gpu
-            if _holds(old[layer], g * per_gpu, per_gpu, e, -1):
+            if q == g * per_gpu:
+                stamp += 1
+                for k in range(q, q + per_gpu):
+                    on_gpu[old[layer, k]] = stamp
+            e = new[layer, q]
+            if on_gpu[e] == stamp:
                 continue
             node = g // gpus_per_node
             best = -1
@@ -65,6 +72,22 @@ def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo
                 sends[best // per_gpu] += 1
             n += 1
         counts[layer] = n - layer * num_phy
+
+
+@jit
+def gather_copies(rows, counts, num_phy, gpus_per_node, out):
+    """Columns ``out[6, total]`` of the rows each layer wrote (see
+    ``migration_range``), in layer order; returns how many stay in a node."""
+    n = 0
+    intra = 0
+    for layer in range(counts.shape[0]):
+        for r in range(layer * num_phy, layer * num_phy + counts[layer]):
+            for k in range(6):
+                out[k, n] = rows[r, k]
+            src = rows[r, 2]
+            intra += src >= 0 and src // gpus_per_node == rows[r, 4] // gpus_per_node
+            n += 1
+    return intra
 
 
 @jit
