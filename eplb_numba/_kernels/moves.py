@@ -139,48 +139,54 @@ def dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound):
 
 
 @jit
-def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_dup, out, loads):
+def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_dup, out, loads, fscratch, iscratch):
     """Movement-aware placement of one layer into ``out``; False if ``bound`` is missed.
 
     ``cnt`` are the replica counts to reach and ``node_target[e]`` the node
-    that must hold all of expert ``e``'s replicas.
+    that must hold all of expert ``e``'s replicas.  Scratch: ``fscratch``
+    (float64) and ``iscratch`` (int64), each ``len(w) + 2 * len(old)`` long.
     """
     num_phy = old.shape[0]
     num_logical = w.shape[0]
     per_gpu = num_phy // num_gpus
     gpus_per_node = num_gpus // num_nodes
-    need = cnt.copy()
+    # A replica's load, w / cnt, once per expert (divisions are the slow part).
+    share = fscratch[:num_logical]
+    slot_load = fscratch[num_logical:num_logical + num_phy]
+    key = fscratch[num_logical + num_phy:]
+    need = iscratch[:num_logical]
+    todo = iscratch[num_logical:num_logical + num_phy]
+    for e in range(num_logical):
+        share[e] = w[e] / cnt[e]
+        need[e] = cnt[e]
     for q in range(num_phy):
         out[q] = -1
-    # Keep every old replica that is still wanted on its node.
-    for q in range(num_phy):
-        e = old[q]
-        g = q // per_gpu
-        if node_target[e] != g // gpus_per_node or need[e] == 0:
-            continue
-        if avoid_dup and _holds(out, g * per_gpu, per_gpu, e, q):
-            continue
-        out[q] = e
-        need[e] -= 1
+    # Keep every old replica that is still wanted on its node.  (Loops per
+    # GPU: a 64-bit division per slot cost more than the rest of the pass.)
+    for g in range(num_gpus):
+        node = g // gpus_per_node
+        for q in range(g * per_gpu, (g + 1) * per_gpu):
+            e = old[q]
+            if node_target[e] != node or need[e] == 0:
+                continue
+            if avoid_dup and _holds(out, g * per_gpu, per_gpu, e, q):
+                continue
+            out[q] = e
+            need[e] -= 1
     for g in range(num_gpus):
         s = 0.0
         for q in range(g * per_gpu, (g + 1) * per_gpu):
             if out[q] >= 0:
-                s += w[out[q]] / cnt[out[q]]
+                s += share[out[q]]
         loads[g] = s
     # Missing replicas, heaviest first, each to the lightest GPU with room.
     missing = 0
     for e in range(num_logical):
-        missing += need[e]
-    todo = np.empty(missing, dtype=np.int64)
-    key = np.empty(missing)
-    k = 0
-    for e in range(num_logical):
         for _ in range(need[e]):
-            todo[k] = e
-            key[k] = -(w[e] / cnt[e])
-            k += 1
-    order = np.argsort(key, kind="mergesort")
+            todo[missing] = e
+            key[missing] = -share[e]
+            missing += 1
+    order = np.argsort(key[:missing], kind="mergesort")
     for k in range(missing):
         e = todo[order[k]]
         node = node_target[e]
@@ -197,11 +203,10 @@ def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_d
             if out[q] < 0:
                 out[q] = e
                 break
-        loads[best_g] += w[e] / cnt[e]
+        loads[best_g] += share[e]
     # Swap only while it lowers the busiest GPU.
-    slot_load = np.empty(num_phy)
     for q in range(num_phy):
-        slot_load[q] = w[out[q]] / cnt[out[q]]
+        slot_load[q] = share[out[q]]
     for _ in range(4 * num_phy):
         g = 0
         for h in range(num_gpus):
@@ -285,21 +290,21 @@ def _bound(w, ref, cnt, per_gpu, slack, loads):
 
 
 @jit
-def _old_split(old, num_groups, num_nodes, num_logical, node_target):
+def _old_split(old, group_of, num_groups, num_nodes, node_target, group_node, per):
     # The old placement's groups-to-nodes split, if it keeps every group on
     # one node with the same number of groups on each; else False.
-    num_phy = old.shape[0]
-    per_node = num_phy // num_nodes
-    group_size = num_logical // num_groups
-    group_node = np.full(num_groups, -1, dtype=np.int64)
-    for q in range(num_phy):
-        g = old[q] // group_size
-        node = q // per_node
-        if group_node[g] < 0:
-            group_node[g] = node
-        elif group_node[g] != node:
-            return False
-    per = np.zeros(num_nodes, dtype=np.int64)
+    # ``group_of[e]`` is e's group; ``group_node`` and ``per`` are scratch
+    # (num_groups and num_nodes long).
+    per_node = old.shape[0] // num_nodes
+    group_node[:] = -1
+    for node in range(num_nodes):
+        for q in range(node * per_node, (node + 1) * per_node):
+            g = group_of[old[q]]
+            if group_node[g] < 0:
+                group_node[g] = node
+            elif group_node[g] != node:
+                return False
+    per[:] = 0
     for g in range(num_groups):
         if group_node[g] < 0:
             return False
@@ -307,8 +312,23 @@ def _old_split(old, num_groups, num_nodes, num_logical, node_target):
     for node in range(num_nodes):
         if per[node] != num_groups // num_nodes:
             return False
-    for e in range(num_logical):
-        node_target[e] = group_node[e // group_size]
+    for e in range(node_target.shape[0]):
+        node_target[e] = group_node[group_of[e]]
+    return True
+
+
+@jit
+def _same_split(ref, group_of, num_nodes, group_node):
+    # Whether the reference's placement puts the same groups together on a
+    # node as ``group_node`` (the old split) does, whatever the node labels.
+    # A node of either holds the same number of groups, so it is enough that
+    # all of a reference node's experts sit on one old node.
+    per_node = ref.shape[0] // num_nodes
+    for node in range(num_nodes):
+        seen = group_node[group_of[ref[node * per_node]]]
+        for q in range(node * per_node, (node + 1) * per_node):
+            if group_node[group_of[ref[q]]] != seen:
+                return False
     return True
 
 
@@ -317,17 +337,22 @@ def _node_counts(w32, node_target, num_nodes, phy_per_node, cnt, members, tokens
                  ratio, heap):
     # The reference's replication (step 2) within each node of a split; the
     # arrays after ``cnt`` are scratch sized for all experts / a node's slots.
+    # Every node of a split holds the same number of experts, in index order.
     num_logical = w32.shape[0]
+    n = num_logical // num_nodes
+    # Bucket the experts by node (logcnt counts them until replication).
     for node in range(num_nodes):
-        n = 0
-        for e in range(num_logical):
-            if node_target[e] == node:
-                members[n] = e
-                tokens[n] = w32[e]
-                n += 1
-        replicate_row(tokens[:n], phy_per_node, phy2log, rank, logcnt[:n], cntf, ratio, heap)
+        logcnt[node] = 0
+    for e in range(num_logical):
+        k = node_target[e] * n + logcnt[node_target[e]]
+        members[k] = e
+        tokens[k] = w32[e]
+        logcnt[node_target[e]] += 1
+    for node in range(num_nodes):
+        lo = node * n
+        replicate_row(tokens[lo:lo + n], phy_per_node, phy2log, rank, logcnt[:n], cntf, ratio, heap)
         for j in range(n):
-            cnt[members[j]] = logcnt[j]
+            cnt[members[lo + j]] = logcnt[j]
 
 
 @jit
@@ -356,23 +381,36 @@ def movement_range(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, s
     cntf = np.empty(num_logical, dtype=np.float32)
     ratio = np.empty(num_logical, dtype=np.float32)
     heap = np.empty(num_logical, dtype=np.int64)
+    group_of = np.empty(num_logical, dtype=np.int64)
+    group_size = num_logical // num_groups
+    for g in range(num_groups):
+        group_of[g * group_size:(g + 1) * group_size] = g
+    group_node = np.empty(num_groups, dtype=np.int64)
+    per = np.empty(num_nodes, dtype=np.int64)
+    fscratch = np.empty(num_logical + 2 * num_phy)
+    iscratch = np.empty(num_logical + 2 * num_phy, dtype=np.int64)
     for layer in range(lo, hi):
         for e in range(num_logical):
             w[e] = weight[layer, e]
         bound = _bound(w, ref[layer], ref_cnt[layer], per_gpu, slack, loads)
         how[layer] = 0
-        if num_nodes > 1 and _old_split(old[layer], num_groups, num_nodes, num_logical, node_target):
-            _node_counts(weight[layer], node_target, num_nodes, num_phy // num_nodes, cnt, members, tokens,
-                         scratch_phy, scratch_rank, scratch_cnt, cntf, ratio, heap)
+        if num_nodes > 1 and _old_split(old[layer], group_of, num_groups, num_nodes, node_target, group_node, per):
+            if _same_split(ref[layer], group_of, num_nodes, group_node):
+                # The reference's own replica counts (the common case after
+                # a small drift), without replicating again.
+                cnt[:] = ref_cnt[layer]
+            else:
+                _node_counts(weight[layer], node_target, num_nodes, num_phy // num_nodes, cnt, members, tokens,
+                             scratch_phy, scratch_rank, scratch_cnt, cntf, ratio, heap)
             if movement_layer(w, old[layer], cnt, node_target, num_gpus, num_nodes, bound, avoid_dup,
-                              out[layer], loads):
+                              out[layer], loads, fscratch, iscratch):
                 how[layer] = 1
                 continue
         node_of = node_relabel(old[layer], ref[layer], num_nodes, num_logical, perm)
         for e in range(num_logical):
             node_target[e] = perm[node_of[e]]
         if movement_layer(w, old[layer], ref_cnt[layer], node_target, num_gpus, num_nodes, bound, avoid_dup,
-                          out[layer], loads):
+                          out[layer], loads, fscratch, iscratch):
             how[layer] = 2
             continue
         how[layer] = 3
