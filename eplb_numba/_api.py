@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import parallel_threads, run_by_layers
-from ._kernels.placement import fill_log2phy, place_layers, place_layers_parallel
+from ._kernels.placement import place_layers, place_layers_parallel, slot_order_maps
 from ._kernels.plan import pack_rows, replicate_rows
 from ._validate import as_count, as_weight, check_layout
 
@@ -230,24 +230,21 @@ def _preserve_slots(phy2log, old_phy2log, num_gpus, num_logical):
 
     out = np.empty_like(phy2log)
     preserve_slots(phy2log, old_phy2log, num_gpus, out)
-    return out, log2phy_of(out, num_logical)
+    return out, maps_in_slot_order(out, num_logical)[0]
 
 
-def log2phy_of(phy2log, num_logical):
-    """``log2phy`` of any placement, replica ranks in slot order (-1 padded).
+def maps_in_slot_order(phy2log, num_logical):
+    """``(log2phy, logcnt)`` of any placement, replica ranks in slot order (-1 padded).
 
     For placements other than the reference's own, whose ranks come from
     the order replicas were made.
     """
-    from ._kernels.slots import ranks_in_slot_order
-
     num_layers, num_phy = phy2log.shape
     log2phy = np.empty((num_layers, num_logical, num_phy - num_logical + 1), dtype=np.int64)
+    logcnt = np.zeros((num_layers, num_logical), dtype=np.int64)
     if num_layers:
-        rank = np.empty_like(phy2log)
-        ranks_in_slot_order(phy2log, num_logical, rank)
-        fill_log2phy(phy2log, rank, log2phy)
-    return log2phy
+        slot_order_maps(phy2log, log2phy, logcnt)
+    return log2phy, logcnt
 
 
 def warmup(parallel: bool | None = None) -> float:

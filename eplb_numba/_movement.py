@@ -10,12 +10,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._api import log2phy_of
+from ._api import maps_in_slot_order
 from ._jit import run_by_layers
 from ._kernels.migration import gather_copies, migration_rows, migration_rows_parallel
 from ._kernels.moves import dedupe_layers, movement_layers, movement_layers_parallel
 from ._kernels.slots import preserve_slots
-from ._metrics import replica_counts
 from ._validate import as_count, check_layout
 
 __all__ = ["Migration", "plan_migration"]
@@ -59,7 +58,7 @@ def beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicat
     was, 3 where the relabelled reference placement was used, 0 otherwise.
     """
     slack = _slack(max_load_slack)
-    ref_phy2log, _, logcnt = ref
+    ref_phy2log, _, ref_cnt = ref
     nodes = layout.num_nodes if layout.hierarchical else 1
     groups = layout.num_groups if layout.hierarchical else 1
     out = np.empty_like(ref_phy2log)
@@ -68,20 +67,18 @@ def beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicat
         old = check_placement(old_phy2log, layout)
         if layout.num_layers:
             moved = np.empty_like(out)
-            run_by_layers(movement_layers, movement_layers_parallel, layout.num_layers, w, old, ref_phy2log, logcnt,
+            run_by_layers(movement_layers, movement_layers_parallel, layout.num_layers, w, old, ref_phy2log, ref_cnt,
                           groups, layout.num_gpus, nodes, slack, bool(avoid_duplicates), moved, how)
             # Swaps can carry an expert off a GPU and another replica of it
             # back in a different slot: put every stayer back in its old slot.
             preserve_slots(moved, old, layout.num_gpus, out)
     elif avoid_duplicates:
         if layout.num_layers:
-            dedupe_layers(w, ref_phy2log, logcnt, layout.num_gpus, nodes, slack, out)
+            dedupe_layers(w, ref_phy2log, ref_cnt, layout.num_gpus, nodes, slack, out)
     else:
         out[...] = ref_phy2log
-    # Replica counts can differ from the reference's where the old split was kept.
-    if old_phy2log is not None and layout.num_layers:
-        logcnt = replica_counts(out, layout.num_logical)
-    log2phy = log2phy_of(out, layout.num_logical)
+    # Counted afresh: they differ from the reference's where the old split was kept.
+    log2phy, logcnt = maps_in_slot_order(out, layout.num_logical)
     return out, log2phy, logcnt, how
 
 

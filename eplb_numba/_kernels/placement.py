@@ -169,10 +169,22 @@ def fill_log2phy_layer(phy2log, phyrank, table):
 
 
 @jit
-def fill_log2phy(phy2log, phyrank, log2phy):
-    """``log2phy[l, phy2log[l, q], phyrank[l, q]] = q``, every other entry -1."""
-    for layer in range(phy2log.shape[0]):
-        fill_log2phy_layer(phy2log[layer], phyrank[layer], log2phy[layer])
+def slot_order_maps(phy2log, log2phy, logcnt):
+    """``log2phy`` and ``logcnt`` of any placement, replica ranks in slot order.
+
+    For placements other than the reference's own, whose ranks come from the
+    order replication made the replicas.
+    """
+    num_layers, num_phy = phy2log.shape
+    rank = np.empty(num_phy, dtype=np.int64)
+    for layer in range(num_layers):
+        seen = logcnt[layer]
+        seen[:] = 0
+        for q in range(num_phy):
+            e = phy2log[layer, q]
+            rank[q] = seen[e]
+            seen[e] += 1
+        fill_log2phy_layer(phy2log[layer], rank, log2phy[layer])
 
 
 @jit

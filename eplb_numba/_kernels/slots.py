@@ -42,16 +42,3 @@ def preserve_slots(new_phy2log, old_phy2log, num_gpus, out):
                     k += 1
                 out[layer, start + s] = new_phy2log[layer, start + k]
                 used[k] = True
-
-
-@jit
-def ranks_in_slot_order(phy2log, num_logical, rank):
-    """Replica rank of each slot: how many earlier slots hold the same expert."""
-    num_layers, num_phy = phy2log.shape
-    seen = np.empty(num_logical, dtype=np.int64)
-    for layer in range(num_layers):
-        seen[:] = 0
-        for q in range(num_phy):
-            e = phy2log[layer, q]
-            rank[layer, q] = seen[e]
-            seen[e] += 1
