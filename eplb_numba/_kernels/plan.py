@@ -25,7 +25,7 @@ from .._jit import jit
 from .sort import LOW, SORT_SCRATCH_PER_ITEM, SORT_SCRATCH_EXTRA, SORT_STACK_SIZE, argsort_desc
 
 # Up to this many packs a branch-free scan beats a heap.
-_SCAN_PACKS = 64
+_SCAN_PACKS = 256
 # Packing problems stepped together (see _greedy_scan_f32).
 LOCKSTEP_ROWS = 4
 # Up to this many extra replicas (and fewer than the experts), candidates
