@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Count-zeros intrinsics (LLVM cttz/ctlz); Numba has shipped them for years.
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
+
 from .._jit import jit
 
 # libstdc++'s _S_threshold: ranges at most this long are left to the final
@@ -123,30 +126,53 @@ def _partition_pivot(a, first, last, lefts, rights):
     # libstdc++'s unguarded Hoare partition of [first + 1, last) around
     # a[first], computed without its data-dependent branches.  The left scan
     # stops at elements not greater than the pivot, the right scan at
-    # elements not less; list both stopping points first (branch-free), then
-    # replay the swaps.  After k swaps the left scan also stops at the last
-    # right position swapped, and the right scan at the last left one, which
-    # is where Hoare's scans cross.
+    # elements not less; mark both scans' stopping points first (a
+    # branch-free pass), then replay the swaps.  After k swaps the left scan
+    # also stops at the last right position swapped, and the right scan at
+    # the last left one, which is where Hoare's scans cross.
     pivot = a[first]
     pivot_hi = pivot | LOW
-    n_left = 0
-    for i in range(first + 1, last):
-        lefts[n_left] = i
-        n_left += not a[i] > pivot_hi
-    n_right = 0
-    for j in range(last - 1, first, -1):
-        rights[n_right] = j
-        n_right += not pivot > (a[j] | LOW)
-    # The pivot itself stops the right scan at ``first`` at the latest.
-    rights[n_right] = first
-    k = 0
+    # Stopping points as bit masks, 64 positions a word from first + 1:
+    # ``lefts`` for the left scan, ``rights`` for the right one.
+    words = (last - first + 62) >> 6
+    for wi in range(words):
+        base = first + 1 + 64 * wi
+        lm = np.int64(0)
+        rm = np.int64(0)
+        for t in range(min(64, last - base)):
+            v = a[base + t]
+            lm |= np.int64(not v > pivot_hi) << t
+            rm |= np.int64(not pivot > (v | LOW)) << t
+        lefts[wi] = lm
+        rights[wi] = rm
+    # Replay: the left scan takes stops lowest first, the right scan highest
+    # first; a scan with none left runs to the far end.
+    lw = 0
+    lcur = lefts[0]
+    rw = words - 1
+    rcur = rights[rw]
     prev_left = first
     prev_right = last
     while True:
-        lo = lefts[k] if k < n_left else last
+        while lcur == 0 and lw < words - 1:
+            lw += 1
+            lcur = lefts[lw]
+        if lcur != 0:
+            lo = first + 1 + 64 * lw + trailing_zeros(lcur)
+            lcur &= lcur - 1
+        else:
+            lo = last
         if prev_right < lo:
             lo = prev_right
-        hi = rights[k]
+        while rcur == 0 and rw > 0:
+            rw -= 1
+            rcur = rights[rw]
+        if rcur != 0:
+            bit = 63 - leading_zeros(rcur)
+            hi = first + 1 + 64 * rw + bit
+            rcur &= ~(np.int64(1) << bit)
+        else:
+            hi = first
         if prev_left > hi:
             hi = prev_left
         if not lo < hi:
@@ -156,7 +182,6 @@ def _partition_pivot(a, first, last, lefts, rights):
         a[hi] = t
         prev_left = lo
         prev_right = hi
-        k += 1
 
 
 @jit(inline="always")
