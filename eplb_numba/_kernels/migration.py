@@ -41,36 +41,36 @@ def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo
             fill[e] += 1
         sends[:] = 0
         n = layer * num_phy
-        for q in range(num_phy):
-            g = q // per_gpu
-            if q == g * per_gpu:
-                stamp += 1
-                for k in range(q, q + per_gpu):
-                    on_gpu[old[layer, k]] = stamp
-            e = new[layer, q]
-            if on_gpu[e] == stamp:
-                continue
+        # Loops per GPU: a 64-bit division per slot cost most of the kernel.
+        for g in range(num_gpus):
+            stamp += 1
+            for k in range(g * per_gpu, (g + 1) * per_gpu):
+                on_gpu[old[layer, k]] = stamp
             node = g // gpus_per_node
-            best = -1
-            best_local = False
-            for k in range(start[e], start[e + 1]):
-                src = slots[k]
-                h = src // per_gpu
-                local = h // gpus_per_node == node
-                if best < 0 or (local and not best_local) or (
-                    local == best_local and sends[h] < sends[best // per_gpu]
-                ):
-                    best = src
-                    best_local = local
-            rows[n, 0] = layer
-            rows[n, 1] = e
-            rows[n, 2] = best // per_gpu if best >= 0 else -1
-            rows[n, 3] = best
-            rows[n, 4] = g
-            rows[n, 5] = q
-            if best >= 0:
-                sends[best // per_gpu] += 1
-            n += 1
+            for q in range(g * per_gpu, (g + 1) * per_gpu):
+                e = new[layer, q]
+                if on_gpu[e] == stamp:
+                    continue
+                best = -1
+                best_local = False
+                for k in range(start[e], start[e + 1]):
+                    src = slots[k]
+                    h = src // per_gpu
+                    local = h // gpus_per_node == node
+                    if best < 0 or (local and not best_local) or (
+                        local == best_local and sends[h] < sends[best // per_gpu]
+                    ):
+                        best = src
+                        best_local = local
+                rows[n, 0] = layer
+                rows[n, 1] = e
+                rows[n, 2] = best // per_gpu if best >= 0 else -1
+                rows[n, 3] = best
+                rows[n, 4] = g
+                rows[n, 5] = q
+                if best >= 0:
+                    sends[best // per_gpu] += 1
+                n += 1
         counts[layer] = n - layer * num_phy
 
 
