@@ -229,7 +229,7 @@ def _preserve_slots(phy2log, old_phy2log, num_gpus, num_logical):
     from ._kernels.slots import preserve_slots
 
     out = np.empty_like(phy2log)
-    preserve_slots(phy2log, old_phy2log, num_gpus, out)
+    preserve_slots(phy2log, old_phy2log, num_gpus, num_logical, out)
     return out, maps_in_slot_order(out, num_logical)[0]
 
 

@@ -71,7 +71,7 @@ def beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicat
                           groups, layout.num_gpus, nodes, slack, bool(avoid_duplicates), moved, how)
             # Swaps can carry an expert off a GPU and another replica of it
             # back in a different slot: put every stayer back in its old slot.
-            preserve_slots(moved, old, layout.num_gpus, out)
+            preserve_slots(moved, old, layout.num_gpus, layout.num_logical, out)
     elif avoid_duplicates:
         if layout.num_layers:
             dedupe_layers(w, ref_phy2log, ref_cnt, layout.num_gpus, nodes, slack, out)

@@ -27,7 +27,7 @@ def _reference(w, cfg, old):
 def _reference_slots(w, cfg, old):
     new = rebalance_experts(w, *cfg)[0]
     out = np.empty_like(new)
-    preserve_slots(new, old, cfg[3], out)
+    preserve_slots(new, old, cfg[3], w.shape[1], out)
     return out
 
 
