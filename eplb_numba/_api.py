@@ -284,7 +284,7 @@ def warmup(parallel: bool | None = None) -> float:
         plan_migration(new, moved, 6 if nodes == 3 else 8, nodes)
     if parallel or (parallel is None and parallel_threads() > 1):
         from ._kernels.migration import migration_rows_parallel
-        from ._kernels.moves import movement_layers_parallel
+        from ._kernels.movement import movement_layers_parallel
 
         ref, _, cnt = _place(w, check_layout(w.shape, 24, 4, 2, 8))
         movement_layers_parallel(w, p2l, ref, cnt, 4, 8, 2, 0.0, True, np.empty_like(ref),

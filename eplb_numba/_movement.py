@@ -13,7 +13,7 @@ import numpy as np
 from ._api import maps_in_slot_order
 from ._jit import run_by_layers
 from ._kernels.migration import gather_copies, migration_rows, migration_rows_parallel
-from ._kernels.moves import dedupe_layers, movement_layers, movement_layers_parallel
+from ._kernels.movement import dedupe_layers, movement_layers, movement_layers_parallel
 from ._kernels.slots import preserve_slots
 from ._validate import as_count, check_layout
 
