@@ -1,0 +1,104 @@
+"""A/B timing of two versions of eplb-numba in one process: ``python bench/ab.py HEAD~1``.
+
+The development machine is a VM whose speed drifts by up to 2x over minutes,
+so two separate benchmark runs cannot be compared.  This script imports two
+versions side by side (a git revision and the working tree, or two
+revisions), alternates rounds between them, and reports the minimum and the
+quartile of the per-round medians and their ratio, B over A.
+
+Examples::
+
+    python bench/ab.py HEAD~1                      # HEAD~1 vs working tree, DeepSeek-V3 EP32
+    python bench/ab.py main HEAD --what movement   # movement-aware plan + migration plan
+    python bench/ab.py HEAD~3 --row "Kimi-K2 EP64" --rounds 21
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _checkout(rev, dest, name):
+    """The package at ``rev`` (or the working tree for None) as top-level package ``name``."""
+    target = os.path.join(dest, name)
+    if rev is None:
+        shutil.copytree(os.path.join(ROOT, "eplb_numba"), target,
+                        ignore=shutil.ignore_patterns("*.nbi", "*.nbc", "__pycache__"))
+        return
+    archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "eplb_numba"], check=True,
+                             capture_output=True).stdout
+    tmp = os.path.join(dest, f"_{name}")
+    os.makedirs(tmp)
+    subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+    os.rename(os.path.join(tmp, "eplb_numba"), target)
+
+
+def _case(name, what, row):
+    """A no-argument callable timing ``what`` with package ``name``."""
+    pkg = importlib.import_module(name)
+    bench = importlib.import_module(f"{name}._bench")
+    workload = importlib.import_module(f"{name}._workload")
+    layers, experts, replicas, groups, nodes, gpus = {**bench.MODEL_ROWS, **bench.SWEEP_ROWS}[row]
+    cfg = (replicas, groups, nodes, gpus)
+    weight = workload.deepseek_v3_loads(layers, experts, seed=1)
+    if what == "full":
+        return lambda: pkg.rebalance_experts(weight, *cfg)
+    # The movement row of the benchmark: the loads drift 2% after the old plan.
+    rng = np.random.default_rng(7)
+    new_w = np.round(weight * np.exp(0.02 * rng.standard_normal(weight.shape))).astype(np.int64)
+    old = pkg.rebalance_experts(weight, *cfg)[0]
+    if what == "movement":
+        return lambda: pkg.plan_migration(old, pkg.rebalance_experts(new_w, *cfg, old_phy2log=old)[0], gpus, nodes)
+    new = pkg.rebalance_experts(new_w, *cfg, old_phy2log=old)[0]
+    return lambda: pkg.plan_migration(old, new, gpus, nodes)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", help="git revision of version A")
+    p.add_argument("b", nargs="?", default=None, help="git revision of version B (default: the working tree)")
+    p.add_argument("--what", choices=["full", "movement", "migration"], default="full",
+                   help="full: rebalance_experts; movement: movement-aware plan + migration plan; "
+                        "migration: plan_migration alone")
+    p.add_argument("--row", default="DeepSeek-V3 EP32", help="a benchmark row name (bench/run.py's rows)")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--runs", type=int, default=60, help="calls per round")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as dest:
+        for name, rev in (("eplb_a", args.a), ("eplb_b", args.b)):
+            _checkout(rev, dest, name)
+        sys.path.insert(0, dest)
+        fns = [_case(name, args.what, args.row) for name in ("eplb_a", "eplb_b")]
+        for fn in fns:
+            fn()  # compile
+        medians = [[], []]
+        for rnd in range(args.rounds):
+            for i in (0, 1) if rnd % 2 == 0 else (1, 0):
+                times = []
+                for _ in range(args.runs):
+                    start = time.perf_counter()
+                    fns[i]()
+                    times.append(time.perf_counter() - start)
+                medians[i].append(statistics.median(times) * 1e6)
+    lows = [min(m) for m in medians]
+    quartiles = [sorted(m)[len(m) // 4] for m in medians]
+    for label, rev, low, q in zip("AB", (args.a, args.b or "working tree"), lows, quartiles):
+        print(f"{label} {rev}: min of medians {low:,.0f} us, lower quartile {q:,.0f} us")
+    print(f"B / A: {lows[1] / lows[0]:.3f} (min), {quartiles[1] / quartiles[0]:.3f} (quartile)  "
+          f"[{args.what}, {args.row}, {args.rounds} rounds of {args.runs}]")
+
+
+if __name__ == "__main__":
+    main()
