@@ -16,6 +16,7 @@ from .._jit import jit
 from .assign import max_assignment
 from .moves import _holds, dedupe, layer_loads, movement_layer
 from .plan import replicate_row
+from .slots import keep_slots
 
 
 @jit
@@ -34,7 +35,7 @@ def node_relabel(old, ref, num_nodes, num_logical, perm):
 
 
 @jit
-def relabel_layer(old, ref, perm, num_gpus, num_nodes, out):
+def relabel_layer(old, ref, perm, num_gpus, num_nodes, num_logical, out):
     """The reference placement with its node ``a`` on old node ``perm[a]`` (see
     ``node_relabel``), its GPUs relabelled onto the old ones by optimal
     assignment of shared experts, and experts that stay keeping their slot."""
@@ -43,7 +44,8 @@ def relabel_layer(old, ref, perm, num_gpus, num_nodes, out):
     gpus_per_node = num_gpus // num_nodes
     score = np.zeros((gpus_per_node, gpus_per_node))
     assign = np.empty(gpus_per_node, dtype=np.int64)
-    used = np.empty(per_gpu, dtype=np.bool_)
+    avail = np.zeros(num_logical, dtype=np.int64)
+    skip = np.zeros(num_logical, dtype=np.int64)
     for a in range(num_nodes):
         b = perm[a]
         for i in range(gpus_per_node):
@@ -59,24 +61,8 @@ def relabel_layer(old, ref, perm, num_gpus, num_nodes, out):
         for i in range(gpus_per_node):
             src = (a * gpus_per_node + i) * per_gpu
             dst = (b * gpus_per_node + assign[i]) * per_gpu
-            for k in range(per_gpu):
-                used[k] = False
-                out[dst + k] = -1
-            # Experts that stay keep their old slot; the rest fill in order.
-            for k in range(per_gpu):
-                for q in range(per_gpu):
-                    if not used[q] and ref[src + q] == old[dst + k]:
-                        used[q] = True
-                        out[dst + k] = old[dst + k]
-                        break
-            q = 0
-            for k in range(per_gpu):
-                if out[dst + k] >= 0:
-                    continue
-                while used[q]:
-                    q += 1
-                out[dst + k] = ref[src + q]
-                used[q] = True
+            keep_slots(ref[src:src + per_gpu], old[dst:dst + per_gpu], out[dst:dst + per_gpu], num_logical, avail,
+                       skip)
 
 
 @jit
@@ -212,7 +198,7 @@ def movement_range(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, s
             how[layer] = 2
             continue
         how[layer] = 3
-        relabel_layer(old[layer], ref[layer], perm, num_gpus, num_nodes, out[layer])
+        relabel_layer(old[layer], ref[layer], perm, num_gpus, num_nodes, num_logical, out[layer])
         if avoid_dup:
             layer_loads(w, out[layer], ref_cnt[layer], per_gpu, loads)
             dedupe(out[layer], loads, w, ref_cnt[layer], num_gpus, num_nodes, per_gpu, bound)

@@ -7,49 +7,57 @@ import numpy as np
 from .._jit import jit
 
 
+@jit(inline="always")
+def keep_slots(new, old, out, num_logical, avail, skip):
+    """One GPU's slots: ``new``'s experts into ``out``, old experts kept in place.
+
+    Every old slot whose expert ``new`` still holds keeps it (the first
+    unclaimed copy); the other new experts fill the remaining slots in
+    order.  Counting instead of searching: ``avail[e]`` counts new copies of
+    e not yet claimed by an old slot; the claimed ones are e's first copies
+    in slot order, which is what a search for the first unused copy would
+    have taken, and ``skip[e]`` passes over them when the unclaimed copies
+    fill in.  ``avail`` and ``skip`` (``num_logical`` long) are zero on entry
+    and on return.
+    """
+    per_gpu = new.shape[0]
+    for k in range(per_gpu):
+        avail[new[k]] += 1
+    for s in range(per_gpu):
+        e = old[s]
+        # An id outside the model (callers may pass any old map) is simply
+        # not kept.
+        if 0 <= e < num_logical and avail[e] > 0:
+            avail[e] -= 1
+            skip[e] += 1
+            out[s] = e
+        else:
+            out[s] = -1
+    s = 0
+    for k in range(per_gpu):
+        e = new[k]
+        avail[e] = 0
+        if skip[e] > 0:
+            skip[e] -= 1
+            continue
+        while out[s] >= 0:
+            s += 1
+        out[s] = e
+
+
 @jit
 def preserve_slots(new_phy2log, old_phy2log, num_gpus, num_logical, out):
-    """Reorder each GPU's slots of ``new_phy2log`` into ``out``.
+    """Reorder each GPU's slots of ``new_phy2log`` into ``out`` (see ``keep_slots``).
 
-    Per GPU: every old slot whose expert the new placement still puts on that
-    GPU keeps it (the first unused new copy); the other new experts fill the
-    remaining slots in order.  The same post-processing as vLLM's default
-    policy applies to ``old_global_expert_indices``.
+    The same post-processing as vLLM's default policy applies to
+    ``old_global_expert_indices``.
     """
     num_layers, num_phy = new_phy2log.shape
     per_gpu = num_phy // num_gpus
-    # Per GPU, by counting instead of searching: ``avail[e]`` new copies of
-    # e not yet claimed by an old slot; the claimed ones are e's first
-    # copies in slot order, which is what a search for the first unused
-    # copy would have taken.  ``skip[e]`` then passes over them when the
-    # unclaimed copies fill the remaining slots in order.
     avail = np.zeros(num_logical, dtype=np.int64)
     skip = np.zeros(num_logical, dtype=np.int64)
     for layer in range(num_layers):
         for g in range(num_gpus):
             start = g * per_gpu
-            new = new_phy2log[layer, start:start + per_gpu]
-            old = old_phy2log[layer, start:start + per_gpu]
-            dst = out[layer, start:start + per_gpu]
-            for k in range(per_gpu):
-                avail[new[k]] += 1
-            for s in range(per_gpu):
-                e = old[s]
-                # An id outside the model (callers may pass any old map) is
-                # simply not kept.
-                if 0 <= e < num_logical and avail[e] > 0:
-                    avail[e] -= 1
-                    skip[e] += 1
-                    dst[s] = e
-                else:
-                    dst[s] = -1
-            s = 0
-            for k in range(per_gpu):
-                e = new[k]
-                avail[e] = 0
-                if skip[e] > 0:
-                    skip[e] -= 1
-                    continue
-                while dst[s] >= 0:
-                    s += 1
-                dst[s] = e
+            keep_slots(new_phy2log[layer, start:start + per_gpu], old_phy2log[layer, start:start + per_gpu],
+                       out[layer, start:start + per_gpu], num_logical, avail, skip)
