@@ -37,7 +37,7 @@ LOW = np.int64(0xFFFFFFFF)
 
 
 # Scratch words ``sort_desc`` needs for n elements: SORT_SCRATCH_PER_ITEM * n
-# + SORT_SCRATCH_EXTRA (partition lists, leaf ranges, a leaf's copy and rank keys).
+# + SORT_SCRATCH_EXTRA (partition stop masks, leaf ranges, a leaf's copy and rank keys).
 SORT_SCRATCH_PER_ITEM = 4
 SORT_SCRATCH_EXTRA = 2 + 2 * _THRESHOLD
 
@@ -207,7 +207,8 @@ def sort_desc(a, first, last, stack, scratch):
     stack[2] = 2 * depth
     top = 1
     # Leaves (ranges left for the final insertion sort) are listed in
-    # ``scratch`` after the partition lists' room, as (lo, hi) pairs.
+    # ``scratch`` as (lo, hi) pairs after room for the partition's two stop
+    # masks (each at most n words; they need n / 64).
     leaves = 2 * n + 2
     n_leaves = 0
     while top > 0:
