@@ -12,6 +12,7 @@ import numpy as np
 
 from ._api import maps_in_slot_order
 from ._jit import run_by_layers
+from ._kernels.checks import id_span
 from ._kernels.migration import gather_copies, migration_rows, migration_rows_parallel
 from ._kernels.movement import dedupe_layers, movement_layers, movement_layers_parallel
 from ._kernels.slots import preserve_slots
@@ -20,24 +21,40 @@ from ._validate import as_count, check_layout
 __all__ = ["Migration", "plan_migration"]
 
 
-def check_placement(old, layout, name="old_phy2log"):
-    """``old`` as a C-contiguous int64 [layers, num_replicas] array of valid experts."""
-    arr = np.asarray(old)
+def _as_ids(value, name):
+    """``value`` as a C-contiguous int64 array and its (min, max), or a TypeError."""
+    arr = np.asarray(value)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer expert ids, got dtype {arr.dtype}; pass the current phy2log")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds expert {int(arr.max())}; it must come from a placement of the same model")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    # One pass for both ends: the movement path checks three such arrays per
+    # plan, and numpy's min() and max() cost two passes each.
+    span = id_span(arr) if arr.ndim == 2 else (arr.min(initial=0), arr.max(initial=-1))
+    return arr, span
+
+
+def _check_ids(arr, span, layout, name):
     expected = (layout.num_layers, layout.num_replicas)
     if arr.shape != expected:
         raise ValueError(
             f"{name} must have shape {expected} (layers, num_replicas), got {arr.shape}; "
             f"pass the placement currently deployed for the same model and slot count"
         )
-    if arr.size and (arr.min() < 0 or arr.max() >= layout.num_logical):
+    if span[0] < 0 or span[1] >= layout.num_logical:
         bad = arr[(arr < 0) | (arr >= layout.num_logical)][0]
         raise ValueError(
             f"{name} holds expert {int(bad)}, outside 0..{layout.num_logical - 1}; "
             f"it must come from a placement of the same model"
         )
-    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def check_placement(old, layout, name="old_phy2log"):
+    """``old`` as a C-contiguous int64 [layers, num_replicas] array of valid experts."""
+    arr, span = _as_ids(old, name)
+    _check_ids(arr, span, layout, name)
+    return arr
 
 
 def _slack(value):
@@ -131,16 +148,16 @@ def plan_migration(old_phy2log, new_phy2log, num_gpus, num_nodes=1, expert_bytes
     num_gpus = as_count(num_gpus, "num_gpus")
     num_nodes = as_count(num_nodes, "num_nodes")
     expert_bytes = as_count(expert_bytes, "expert_bytes", minimum=0)
-    new = np.asarray(new_phy2log)
+    new, new_span = _as_ids(new_phy2log, "new_phy2log")
     if new.ndim != 2:
         raise ValueError(f"new_phy2log must be 2-D (layers, num_replicas), got shape {new.shape}")
-    num_logical = int(max(np.max(new, initial=-1), np.max(np.asarray(old_phy2log), initial=-1))) + 1
-    layout = check_layout((new.shape[0], max(num_logical, 1)), new.shape[1], 1, num_nodes, num_gpus) \
-        if new.shape[1] >= num_logical else None
-    if layout is None:
+    old, old_span = _as_ids(old_phy2log, "old_phy2log")
+    num_logical = int(max(new_span[1], old_span[1])) + 1
+    if new.shape[1] < num_logical:
         raise ValueError(f"new_phy2log has {new.shape[1]} slots for {num_logical} experts; pass placements, not maps")
-    new = check_placement(new, layout, "new_phy2log")
-    old = check_placement(old_phy2log, layout, "old_phy2log")
+    layout = check_layout((new.shape[0], max(num_logical, 1)), new.shape[1], 1, num_nodes, num_gpus)
+    _check_ids(new, new_span, layout, "new_phy2log")
+    _check_ids(old, old_span, layout, "old_phy2log")
     rows = np.empty((new.size, 6), dtype=np.int64)
     counts = np.zeros(new.shape[0], dtype=np.int64)
     if new.size:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._kernels.placement import first_invalid
+from ._kernels.checks import first_invalid
 
 __all__ = ["Layout", "as_count", "as_weight", "check_layout", "check_weight_values"]
 

@@ -185,23 +185,3 @@ def slot_order_maps(phy2log, log2phy, logcnt):
             rank[q] = seen[e]
             seen[e] += 1
         fill_log2phy_layer(phy2log[layer], rank, log2phy[layer])
-
-
-@jit
-def first_invalid(w):
-    """Flat index of the first NaN, infinite or negative entry of 2-D ``w``, or -1."""
-    rows, cols = w.shape
-    # A branch-free pass first (it vectorises); NaN fails both comparisons.
-    ok = True
-    for r in range(rows):
-        for c in range(cols):
-            x = w[r, c]
-            ok &= (x >= 0) & (x < np.inf)
-    if ok:
-        return -1
-    for r in range(rows):
-        for c in range(cols):
-            x = w[r, c]
-            if not (x >= 0 and x < np.inf):
-                return r * cols + c
-    return -1
