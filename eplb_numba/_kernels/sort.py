@@ -137,10 +137,13 @@ def _partition_pivot(a, first, last, lefts, rights):
     words = (last - first + 62) >> 6
     for wi in range(words):
         base = first + 1 + 64 * wi
+        # A view indexed from 0: the loop then reads contiguous words
+        # instead of gathering (``a[base + t]`` may be a negative index).
+        seg = a[base:min(base + 64, last)]
         lm = np.int64(0)
         rm = np.int64(0)
-        for t in range(min(64, last - base)):
-            v = a[base + t]
+        for t in range(seg.shape[0]):
+            v = seg[t]
             lm |= np.int64(not v > pivot_hi) << t
             rm |= np.int64(not pivot > (v | LOW)) << t
         lefts[wi] = lm
