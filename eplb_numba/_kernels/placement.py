@@ -19,6 +19,12 @@ from .._jit import jit
 from .plan import LOCKSTEP_ROWS, pack_block, replicate_row
 from .sort import SORT_SCRATCH_EXTRA, SORT_SCRATCH_PER_ITEM, SORT_STACK_SIZE
 
+# Indices computed from index maps, cast to unsigned: Numba then skips the
+# negative-index fix-up it adds to every signed subscript (they are never
+# negative here).  Only the subscript is cast; uint64 arithmetic mixed
+# with int64 would turn into float64.
+_u = np.uint64
+
 
 @jit(inline="always")
 def _group_sums(w, num_groups, out):
@@ -106,18 +112,18 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
                 for j in range(group_size):
                     e = g * group_size + j
                     log2mlog[b, e] = base_m + j
-                    mlog2log[b, base_m + j] = e
+                    mlog2log[b, _u(base_m + j)] = e
             # Step 2: replicas within each node.
             w = weight[first + b]
             for node in range(num_nodes):
                 row = b * num_nodes + node
                 base = node * log_per_node
                 for j in range(log_per_node):
-                    tokens[j] = w[mlog2log[b, base + j]]
+                    tokens[j] = w[_u(mlog2log[b, _u(base + j)])]
                 cnt = mlogcnt[b, base:base + log_per_node]
                 replicate_row(tokens, phy_per_node, phy2mlog[row], rank[row], cnt, cntf, ratio, candidates)
                 for k in range(phy_per_node):
-                    m = phy2mlog[row, k]
+                    m = _u(phy2mlog[row, k])
                     phy_load[row, k] = tokens[m] / np.float32(cnt[m])
         # Step 3: each node's replicas to its GPUs.
         used = nb * num_nodes
@@ -130,11 +136,11 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
                 base = node * log_per_node
                 out = node * phy_per_node
                 for k in range(phy_per_node):
-                    q = out + gpu[row, k] * slots_per_gpu + gpu_rank[row, k]
-                    phy2log[layer, q] = mlog2log[b, base + phy2mlog[row, k]]
+                    q = _u(out + gpu[row, k] * slots_per_gpu + gpu_rank[row, k])
+                    phy2log[layer, q] = mlog2log[b, _u(base + phy2mlog[row, k])]
                     phyrank[layer, q] = rank[row, k]
             for e in range(num_log):
-                logcnt[layer, e] = mlogcnt[b, log2mlog[b, e]]
+                logcnt[layer, e] = mlogcnt[b, _u(log2mlog[b, e])]
             if want_log2phy:
                 fill_log2phy_layer(phy2log[layer], phyrank[layer], log2phy[layer])
 
@@ -165,7 +171,7 @@ def fill_log2phy_layer(phy2log, phyrank, table):
         for k in range(table.shape[1]):
             table[e, k] = -1
     for q in range(phy2log.shape[0]):
-        table[phy2log[q], phyrank[q]] = q
+        table[_u(phy2log[q]), _u(phyrank[q])] = q
 
 
 @jit
