@@ -35,6 +35,10 @@ SORT_STACK_SIZE = 3 * 130
 
 LOW = np.int64(0xFFFFFFFF)
 
+# Positions cast to unsigned where they index ``a``: Numba then skips the
+# negative-index fix-up of signed subscripts (positions are never negative).
+_u = np.uint64
+
 
 # Scratch words ``sort_desc`` needs for n elements: SORT_SCRATCH_PER_ITEM * n
 # + SORT_SCRATCH_EXTRA (partition stop masks, leaf ranges, a leaf's copy and rank keys).
@@ -103,9 +107,9 @@ def heap_sort_desc(a, first, last):
 @jit(inline="always")
 def _partition_pivot(a, first, last, lefts, rights):
     mid = first + (last - first) // 2
-    x = a[first + 1]
-    y = a[mid]
-    z = a[last - 1]
+    x = a[_u(first + 1)]
+    y = a[_u(mid)]
+    z = a[_u(last - 1)]
     # Median of (first + 1, middle, last - 1) moves to ``first``.
     if _gt(x, y):
         if _gt(y, z):
@@ -120,9 +124,9 @@ def _partition_pivot(a, first, last, lefts, rights):
         m = last - 1
     else:
         m = mid
-    t = a[first]
-    a[first] = a[m]
-    a[m] = t
+    t = a[_u(first)]
+    a[_u(first)] = a[_u(m)]
+    a[_u(m)] = t
     # libstdc++'s unguarded Hoare partition of [first + 1, last) around
     # a[first], computed without its data-dependent branches.  The left scan
     # stops at elements not greater than the pivot, the right scan at
@@ -180,9 +184,9 @@ def _partition_pivot(a, first, last, lefts, rights):
             hi = prev_left
         if not lo < hi:
             return lo
-        t = a[lo]
-        a[lo] = a[hi]
-        a[hi] = t
+        t = a[_u(lo)]
+        a[_u(lo)] = a[_u(hi)]
+        a[_u(hi)] = t
         prev_left = lo
         prev_right = hi
 
@@ -255,7 +259,7 @@ def sort_desc(a, first, last, stack, scratch):
         for t in range(_THRESHOLD):
             rank_keys[t] = -1
         for t in range(size):
-            v = a[lo + t]
+            v = a[_u(lo + t)]
             tmp[t] = v
             rank_keys[t] = (v & ~LOW) | (LOW - t)
         for t in range(size):
@@ -263,7 +267,7 @@ def sort_desc(a, first, last, stack, scratch):
             r = 0
             for u in range(_THRESHOLD):
                 r += rank_keys[u] > v
-            a[lo + r] = tmp[t]
+            a[_u(lo + r)] = tmp[t]
 
 
 @jit(inline="always")
