@@ -111,19 +111,17 @@ def _partition_pivot(a, first, last, lefts, rights):
     y = a[_u(mid)]
     z = a[_u(last - 1)]
     # Median of (first + 1, middle, last - 1) moves to ``first``.
-    if _gt(x, y):
-        if _gt(y, z):
-            m = mid
-        elif _gt(x, z):
-            m = last - 1
-        else:
-            m = first + 1
-    elif _gt(x, z):
-        m = first + 1
-    elif _gt(y, z):
-        m = last - 1
-    else:
-        m = mid
+    # libstdc++'s branches, as arithmetic on the three outcomes: which of
+    # the three is the median is unpredictable, and a mispredicted branch
+    # costs more than evaluating all three comparisons.
+    xy = _gt(x, y)
+    yz = _gt(y, z)
+    xz = _gt(x, z)
+    # x > y: y if y > z, else z if x > z, else x.
+    # else:  x if x > z, else z if y > z, else y.
+    pick_y = (xy & yz) | (~xy & ~xz & ~yz)
+    pick_z = (xy & ~yz & xz) | (~xy & ~xz & yz)
+    m = mid if pick_y else (last - 1 if pick_z else first + 1)
     t = a[_u(first)]
     a[_u(first)] = a[_u(m)]
     a[_u(m)] = t
