@@ -269,6 +269,8 @@ def warmup(parallel: bool | None = None) -> float:
     w = np.arange(2 * 16, dtype=np.float32).reshape(2, 16)
     rebalance_experts(w, 24, 4, 2, 8)  # hierarchical, sums in the kernel
     rebalance_experts(w, 24, 3, 2, 8)  # global
+    for dtype in (np.int64, np.float64):  # loads converted by a kernel
+        as_weight(w.astype(dtype))
     _rebalance(w, check_layout(w.shape, 24, 4, 2, 8), w.reshape(2, 4, 4).sum(-1))  # torch adapter's sums
     for dtype in (np.float32, np.float64, np.int64):
         balanced_packing(w.astype(dtype), 4)

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._kernels.checks import first_invalid
+from ._kernels.checks import first_invalid, to_float32
 
 __all__ = ["Layout", "as_count", "as_weight", "check_layout", "check_weight_values"]
 
@@ -64,6 +64,11 @@ def check_weight_values(w: np.ndarray, name: str) -> None:
         )
 
 
+# Input dtypes converted to float32 by a kernel that checks as it converts
+# (each compiles once; others go through numpy).
+_CONVERTED = (np.dtype(np.int64), np.dtype(np.float64))
+
+
 def as_weight(weight, name: str = "weight", *, dtype=np.float32) -> np.ndarray:
     """``weight`` as a C-contiguous 2-D array of ``dtype`` (a copy if needed).
 
@@ -88,6 +93,11 @@ def as_weight(weight, name: str = "weight", *, dtype=np.float32) -> np.ndarray:
             dtype = np.float32
         else:
             dtype = np.int64
+    if dtype is np.float32 and arr.dtype in _CONVERTED and arr.flags.c_contiguous and arr.size:
+        out = np.empty(arr.shape, dtype=np.float32)
+        if to_float32(arr, out) >= 0:
+            check_weight_values(out, name)  # raises, naming the first bad load
+        return out
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
     check_weight_values(out, name)
