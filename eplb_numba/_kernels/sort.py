@@ -260,12 +260,22 @@ def sort_desc(a, first, last, stack, scratch):
             v = a[_u(lo + t)]
             tmp[t] = v
             rank_keys[t] = (v & ~LOW) | (LOW - t)
-        for t in range(size):
-            v = rank_keys[t]
-            r = 0
-            for u in range(_THRESHOLD):
-                r += rank_keys[u] > v
-            a[_u(lo + r)] = tmp[t]
+        # Four leaves in ten hold at most eight keys (DeepSeek-V3 rows), and
+        # their first eight keys are all there is to beat: half the count.
+        if size <= _THRESHOLD // 2:
+            for t in range(size):
+                v = rank_keys[t]
+                r = 0
+                for u in range(_THRESHOLD // 2):
+                    r += rank_keys[u] > v
+                a[_u(lo + r)] = tmp[t]
+        else:
+            for t in range(size):
+                v = rank_keys[t]
+                r = 0
+                for u in range(_THRESHOLD):
+                    r += rank_keys[u] > v
+                a[_u(lo + r)] = tmp[t]
 
 
 @jit(inline="always")
