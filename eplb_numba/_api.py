@@ -20,10 +20,15 @@ __all__ = [
 _NO_SUMS = np.empty((0, 0), dtype=np.float32)
 # Zero layers: the kernel skips log2phy.
 _NO_LOG2PHY = np.empty((0, 0, 0), dtype=np.int64)
+# Zero layers: the kernel skips the replica ranks (log2phy holds them).
+_NO_RANKS = np.empty((0, 0), dtype=np.int64)
 
 
-def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None):
-    """One kernel call for the whole plan; ``out`` takes preallocated (phy2log, logcnt)."""
+def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None, ranks=True):
+    """One kernel call for the whole plan; ``out`` takes preallocated (phy2log, logcnt).
+
+    Returns ``(phy2log, phyrank, logcnt)``; ``phyrank`` is None unless ``ranks``.
+    """
     # The global policy is the hierarchical routine with one group, one node.
     if layout.hierarchical:
         groups, nodes = layout.num_groups, layout.num_nodes
@@ -37,10 +42,13 @@ def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None):
         logcnt = np.empty((layout.num_layers, layout.num_logical), dtype=np.int64)
     else:
         phy2log, logcnt = out
-    phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
+    if ranks:
+        phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
+    else:
+        phyrank = _NO_RANKS
     run_by_layers(place_layers, place_layers_parallel, layout.num_layers,
                   w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy)
-    return phy2log, phyrank, logcnt
+    return phy2log, phyrank if ranks else None, logcnt
 
 
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, old_phy2log=None,
@@ -105,7 +113,8 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
         return _rebalance(w, layout)
     from ._movement import beyond_reference
 
-    return beyond_reference(w, layout, _place(w, layout), old_phy2log, max_load_slack, avoid_duplicates)[:3]
+    ref = _place(w, layout, ranks=False)
+    return beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicates)[:3]
 
 
 def _rebalance(w, layout, group_sums=None, out=None):
@@ -113,10 +122,10 @@ def _rebalance(w, layout, group_sums=None, out=None):
     if out is None:
         max_count = layout.num_replicas - layout.num_logical + 1
         log2phy = np.empty((layout.num_layers, layout.num_logical, max_count), dtype=np.int64)
-        phy2log, _, logcnt = _place(w, layout, group_sums, log2phy)
+        phy2log, _, logcnt = _place(w, layout, group_sums, log2phy, ranks=False)
     else:
         phy2log, log2phy, logcnt = out
-        _place(w, layout, group_sums, log2phy, out=(phy2log, logcnt))
+        _place(w, layout, group_sums, log2phy, out=(phy2log, logcnt), ranks=False)
     return phy2log, log2phy, logcnt
 
 

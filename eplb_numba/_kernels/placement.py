@@ -43,9 +43,10 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     """Hierarchical placement of layers ``lo:hi`` of float32 ``weight`` [L, E].
 
     ``group_sums`` [L, num_groups] holds precomputed group loads, or has zero
-    rows to have them summed here.  Writes ``phy2log`` and ``phyrank`` [L, R]
-    and ``logcnt`` [L, E]; also ``log2phy`` [L, E, R - E + 1] unless it has
-    zero layers.  Scratch is allocated once per call, not per layer.
+    rows to have them summed here.  Writes ``phy2log`` [L, R] and ``logcnt``
+    [L, E]; also ``phyrank`` [L, R] (replica ranks) and ``log2phy`` [L, E,
+    R - E + 1] unless they have zero layers.  Scratch is allocated once per
+    call, not per layer.
     """
     num_layers, num_log = weight.shape
     num_phy = phy2log.shape[1]
@@ -57,6 +58,7 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     slots_per_gpu = phy_per_node // gpus_per_node
     have_sums = group_sums.shape[0] == num_layers
     want_log2phy = log2phy.shape[0] == num_layers
+    want_phyrank = phyrank.shape[0] == num_layers
     # Layers are planned a block at a time so that the greedy packing steps
     # about LOCKSTEP_ROWS independent (layer, node) rows together.
     block = max(1, LOCKSTEP_ROWS // num_nodes)
@@ -131,18 +133,25 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
                    loads[:used], items[:used], heap[:used], stack, scratch, True)
         for b in range(nb):
             layer = first + b
+            if want_log2phy:
+                table = log2phy[layer]
+                for e in range(table.shape[0]):
+                    for k in range(table.shape[1]):
+                        table[e, k] = -1
             for node in range(num_nodes):
                 row = b * num_nodes + node
                 base = node * log_per_node
                 out = node * phy_per_node
                 for k in range(phy_per_node):
-                    q = _u(out + gpu[row, k] * slots_per_gpu + gpu_rank[row, k])
-                    phy2log[layer, q] = mlog2log[b, _u(base + phy2mlog[row, k])]
-                    phyrank[layer, q] = rank[row, k]
+                    slot = out + gpu[row, k] * slots_per_gpu + gpu_rank[row, k]
+                    e = mlog2log[b, _u(base + phy2mlog[row, k])]
+                    phy2log[layer, _u(slot)] = e
+                    if want_log2phy:
+                        log2phy[layer, _u(e), _u(rank[row, k])] = slot
+                    if want_phyrank:
+                        phyrank[layer, _u(slot)] = rank[row, k]
             for e in range(num_log):
                 logcnt[layer, e] = mlogcnt[b, _u(log2mlog[b, e])]
-            if want_log2phy:
-                fill_log2phy_layer(phy2log[layer], phyrank[layer], log2phy[layer])
 
 
 @jit
