@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 
 import numba
+import numpy as np
 
-__all__ = ["JIT_OPTIONS", "jit", "parallel_threads", "run_by_layers"]
+__all__ = ["JIT_OPTIONS", "jit", "parallel_threads", "run_by_layers", "unsigned"]
 
 
 def _cache_enabled() -> bool:
@@ -31,6 +32,13 @@ JIT_OPTIONS: dict[str, object] = {
     # count, which is at least one.
     "error_model": "numpy",
 }
+
+
+# Numba adds a negative-index fix-up (shift, and, add) to every signed
+# subscript, which also keeps loops from loading contiguous vectors.
+# Kernels cast subscripts they know to be non-negative with this; only the
+# subscript itself, since uint64 mixed with int64 arithmetic gives float64.
+unsigned = np.uint64
 
 
 def parallel_threads() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._jit import jit
+from .._jit import jit, unsigned as _u
 
 
 @jit
@@ -30,26 +30,26 @@ def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo
         # Old slots of each expert, grouped (counting sort).
         start[:] = 0
         for q in range(num_phy):
-            start[old[layer, q] + 1] += 1
+            start[_u(old[layer, q] + 1)] += 1
         for e in range(num_logical):
             start[e + 1] += start[e]
         for e in range(num_logical):
             fill[e] = start[e]
         for q in range(num_phy):
-            e = old[layer, q]
-            slots[fill[e]] = q
-            fill[e] += 1
+            x = _u(old[layer, q])
+            slots[_u(fill[x])] = q
+            fill[x] += 1
         sends[:] = 0
         n = layer * num_phy
         # Loops per GPU: a 64-bit division per slot cost most of the kernel.
         for g in range(num_gpus):
             stamp += 1
             for k in range(g * per_gpu, (g + 1) * per_gpu):
-                on_gpu[old[layer, k]] = stamp
+                on_gpu[_u(old[layer, k])] = stamp
             node = g // gpus_per_node
             for q in range(g * per_gpu, (g + 1) * per_gpu):
                 e = new[layer, q]
-                if on_gpu[e] == stamp:
+                if on_gpu[_u(e)] == stamp:
                     continue
                 best = -1
                 best_local = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._jit import jit
+from .._jit import jit, unsigned as _u
 from .assign import max_assignment
 from .moves import _holds, dedupe, layer_loads, movement_layer
 from .plan import replicate_row
@@ -83,7 +83,7 @@ def _old_split(old, group_of, num_groups, num_nodes, node_target, group_node, pe
     group_node[:] = -1
     for node in range(num_nodes):
         for q in range(node * per_node, (node + 1) * per_node):
-            g = group_of[old[q]]
+            g = group_of[_u(old[q])]
             if group_node[g] < 0:
                 group_node[g] = node
             elif group_node[g] != node:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import jit
+from .._jit import jit, unsigned as _u
 
 
 @jit
@@ -148,17 +148,17 @@ def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_d
         node = g // gpus_per_node
         for q in range(g * per_gpu, (g + 1) * per_gpu):
             e = old[q]
-            if node_target[e] != node or need[e] == 0:
+            if node_target[_u(e)] != node or need[_u(e)] == 0:
                 continue
             if avoid_dup and _holds(out, g * per_gpu, per_gpu, e, q):
                 continue
             out[q] = e
-            need[e] -= 1
+            need[_u(e)] -= 1
     for g in range(num_gpus):
         s = 0.0
         for q in range(g * per_gpu, (g + 1) * per_gpu):
             if out[q] >= 0:
-                s += share[out[q]]
+                s += share[_u(out[q])]
         loads[g] = s
     # Missing replicas, heaviest first, each to the lightest GPU with room.
     missing = 0
@@ -187,7 +187,7 @@ def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_d
         loads[best_g] += share[e]
     # Swap only while it lowers the busiest GPU.
     for q in range(num_phy):
-        slot_load[q] = share[out[q]]
+        slot_load[q] = share[_u(out[q])]
     for _ in range(4 * num_phy):
         g = 0
         for h in range(num_gpus):

@@ -15,15 +15,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._jit import jit
+from .._jit import jit, unsigned as _u
 from .plan import LOCKSTEP_ROWS, pack_block, replicate_row
 from .sort import SORT_SCRATCH_EXTRA, SORT_SCRATCH_PER_ITEM, SORT_STACK_SIZE
-
-# Indices computed from index maps, cast to unsigned: Numba then skips the
-# negative-index fix-up it adds to every signed subscript (they are never
-# negative here).  Only the subscript is cast; uint64 arithmetic mixed
-# with int64 would turn into float64.
-_u = np.uint64
 
 
 @jit(inline="always")

@@ -23,7 +23,7 @@ import numpy as np
 # Count-zeros intrinsics (LLVM cttz/ctlz); Numba has shipped them for years.
 from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
-from .._jit import jit
+from .._jit import jit, unsigned as _u
 
 # libstdc++'s _S_threshold: ranges at most this long are left to the final
 # insertion sort (here: a rank sort per range, see sort_desc).
@@ -34,10 +34,6 @@ _THRESHOLD = 16
 SORT_STACK_SIZE = 3 * 130
 
 LOW = np.int64(0xFFFFFFFF)
-
-# Positions cast to unsigned where they index ``a``: Numba then skips the
-# negative-index fix-up of signed subscripts (positions are never negative).
-_u = np.uint64
 
 
 # Scratch words ``sort_desc`` needs for n elements: SORT_SCRATCH_PER_ITEM * n
