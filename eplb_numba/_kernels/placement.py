@@ -128,10 +128,7 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
         for b in range(nb):
             layer = first + b
             if want_log2phy:
-                table = log2phy[layer]
-                for e in range(table.shape[0]):
-                    for k in range(table.shape[1]):
-                        table[e, k] = -1
+                clear_table(log2phy[layer])
             for node in range(num_nodes):
                 row = b * num_nodes + node
                 base = node * log_per_node
@@ -166,13 +163,19 @@ def place_layers_parallel(weight, group_sums, num_groups, num_nodes, num_gpus, p
 
 
 @jit(inline="always")
-def fill_log2phy_layer(phy2log, phyrank, table):
-    """One layer: ``table[phy2log[q], phyrank[q]] = q``, every other entry -1."""
+def clear_table(table):
+    """Every entry of 2-D ``table`` -1 (no replica)."""
     # Plain loops: Numba's broadcast assignment to a 2-D view is several
     # times slower than writing the rows out.
     for e in range(table.shape[0]):
         for k in range(table.shape[1]):
             table[e, k] = -1
+
+
+@jit(inline="always")
+def fill_log2phy_layer(phy2log, phyrank, table):
+    """One layer: ``table[phy2log[q], phyrank[q]] = q``, every other entry -1."""
+    clear_table(table)
     for q in range(phy2log.shape[0]):
         table[_u(phy2log[q]), _u(phyrank[q])] = q
 

@@ -186,6 +186,18 @@ def _partition_pivot(a, first, last, lefts, rights):
 
 
 @jit(inline="always")
+def _rank_into(a, lo, size, keys, rank_keys, width):
+    # keys[t] goes to a[lo + its rank], the rank counted over the first
+    # ``width`` rank keys (a constant at each call, so the count unrolls).
+    for t in range(size):
+        v = rank_keys[t]
+        r = 0
+        for u in range(width):
+            r += rank_keys[u] > v
+        a[_u(lo + r)] = keys[t]
+
+
+@jit(inline="always")
 def sort_desc(a, first, last, stack, scratch):
     """Sort packed pairs ``a[first:last]`` descending by value, as ``std::sort``.
 
@@ -259,19 +271,9 @@ def sort_desc(a, first, last, stack, scratch):
         # Four leaves in ten hold at most eight keys (DeepSeek-V3 rows), and
         # their first eight keys are all there is to beat: half the count.
         if size <= _THRESHOLD // 2:
-            for t in range(size):
-                v = rank_keys[t]
-                r = 0
-                for u in range(_THRESHOLD // 2):
-                    r += rank_keys[u] > v
-                a[_u(lo + r)] = tmp[t]
+            _rank_into(a, lo, size, tmp, rank_keys, _THRESHOLD // 2)
         else:
-            for t in range(size):
-                v = rank_keys[t]
-                r = 0
-                for u in range(_THRESHOLD):
-                    r += rank_keys[u] > v
-                a[_u(lo + r)] = tmp[t]
+            _rank_into(a, lo, size, tmp, rank_keys, _THRESHOLD)
 
 
 @jit(inline="always")
