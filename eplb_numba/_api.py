@@ -22,6 +22,9 @@ _NO_SUMS = np.empty((0, 0), dtype=np.float32)
 _NO_LOG2PHY = np.empty((0, 0, 0), dtype=np.int64)
 # Zero layers: the kernel skips the replica ranks (log2phy holds them).
 _NO_RANKS = np.empty((0, 0), dtype=np.int64)
+# Zero layers: the kernel places instead of bounding (see ref_bounds).
+_NO_BOUNDS = np.empty(0)
+_NO_SPLIT = np.empty((0, 0), dtype=np.int64)
 
 
 def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None, ranks=True):
@@ -29,14 +32,7 @@ def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None, ranks=True
 
     Returns ``(phy2log, phyrank, logcnt)``; ``phyrank`` is None unless ``ranks``.
     """
-    # The global policy is the hierarchical routine with one group, one node.
-    if layout.hierarchical:
-        groups, nodes = layout.num_groups, layout.num_nodes
-    else:
-        groups, nodes = 1, 1
-        group_sums = None
-    if group_sums is None or groups == nodes:
-        group_sums = _NO_SUMS
+    groups, nodes, group_sums = _policy_shape(layout, group_sums)
     if out is None:
         phy2log = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
         logcnt = np.empty((layout.num_layers, layout.num_logical), dtype=np.int64)
@@ -47,8 +43,39 @@ def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None, ranks=True
     else:
         phyrank = _NO_RANKS
     run_by_layers(place_layers, place_layers_parallel, layout.num_layers,
-                  w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy)
+                  w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, _NO_BOUNDS,
+                  _NO_SPLIT)
     return phy2log, phyrank if ranks else None, logcnt
+
+
+def _policy_shape(layout, group_sums):
+    """``(groups, nodes, group_sums)`` as the kernels take them."""
+    # The global policy is the hierarchical routine with one group, one node.
+    if not layout.hierarchical:
+        return 1, 1, _NO_SUMS
+    groups, nodes = layout.num_groups, layout.num_nodes
+    if group_sums is None or groups == nodes:
+        group_sums = _NO_SUMS
+    return groups, nodes, group_sums
+
+
+def ref_bounds(w, layout, group_sums=None):
+    """What the movement-aware plan needs of the reference, without placing.
+
+    Returns ``(bounds, logcnt, split)``: per layer the reference's busiest
+    GPU load (float64, as ``_metrics.gpu_loads`` sums it), its replica
+    counts, and the node of each expert group (``[layers, 1]`` of zeros for
+    the global policy).
+    """
+    groups, nodes, group_sums = _policy_shape(layout, group_sums)
+    bounds = np.empty(layout.num_layers)
+    logcnt = np.empty((layout.num_layers, layout.num_logical), dtype=np.int64)
+    split = np.empty((layout.num_layers, groups), dtype=np.int64)
+    no_places = np.empty((0, layout.num_replicas), dtype=np.int64)
+    run_by_layers(place_layers, place_layers_parallel, layout.num_layers,
+                  w, group_sums, groups, nodes, layout.num_gpus, no_places, _NO_RANKS, logcnt, _NO_LOG2PHY, bounds,
+                  split)
+    return bounds, logcnt, split
 
 
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, old_phy2log=None,
@@ -113,8 +140,7 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
         return _rebalance(w, layout)
     from ._movement import beyond_reference
 
-    ref = _place(w, layout, ranks=False)
-    return beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicates)[:3]
+    return beyond_reference(w, layout, None, old_phy2log, max_load_slack, avoid_duplicates)[:3]
 
 
 def _rebalance(w, layout, group_sums=None, out=None):
@@ -248,12 +274,16 @@ def maps_in_slot_order(phy2log, num_logical):
     For placements other than the reference's own, whose ranks come from
     the order replicas were made.
     """
-    num_layers, num_phy = phy2log.shape
-    log2phy = np.empty((num_layers, num_logical, num_phy - num_logical + 1), dtype=np.int64)
-    logcnt = np.zeros((num_layers, num_logical), dtype=np.int64)
-    if num_layers:
+    log2phy, logcnt = empty_maps(*phy2log.shape, num_logical)
+    if phy2log.shape[0]:
         slot_order_maps(phy2log, log2phy, logcnt)
     return log2phy, logcnt
+
+
+def empty_maps(num_layers, num_phy, num_logical):
+    """Uninitialised ``(log2phy, logcnt)`` for a placement of that shape."""
+    log2phy = np.empty((num_layers, num_logical, num_phy - num_logical + 1), dtype=np.int64)
+    return log2phy, np.empty((num_layers, num_logical), dtype=np.int64)
 
 
 def warmup(parallel: bool | None = None) -> float:
@@ -297,11 +327,12 @@ def warmup(parallel: bool | None = None) -> float:
         from ._kernels.migration import migration_rows_parallel
         from ._kernels.movement import movement_layers_parallel
 
-        ref, _, cnt = _place(w, check_layout(w.shape, 24, 4, 2, 8))
-        movement_layers_parallel(w, p2l, ref, cnt, 4, 8, 2, 0.0, True, np.empty_like(ref),
-                                 np.empty(2, dtype=np.int64), 2)
+        ref = _place(w, check_layout(w.shape, 24, 4, 2, 8))[0]
+        bounds, cnt, split = ref_bounds(w, check_layout(w.shape, 24, 4, 2, 8))
+        log2phy, logcnt = empty_maps(2, 24, 16)
+        movement_layers_parallel(w, _NO_SUMS, p2l, np.empty_like(ref), bounds, cnt, split, 4, 8, 2, 0.0, True,
+                                 np.empty_like(ref), log2phy, logcnt, np.empty(2, dtype=np.int64), 2)
         migration_rows_parallel(p2l, ref, 8, 2, 16, np.empty((48, 6), dtype=np.int64), np.empty(2, dtype=np.int64), 2)
-        phy2log = np.empty((2, 24), dtype=np.int64)
-        place_layers_parallel(w, _NO_SUMS, 4, 2, 8, phy2log, np.empty_like(phy2log),
-                              np.empty((2, 16), dtype=np.int64), np.empty((2, 16, 9), dtype=np.int64), 2)
+        place_layers_parallel(w, _NO_SUMS, 4, 2, 8, np.empty_like(ref), np.empty_like(ref), logcnt, log2phy,
+                              _NO_BOUNDS, _NO_SPLIT, 2)
     return time.perf_counter() - start

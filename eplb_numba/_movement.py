@@ -10,12 +10,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._api import maps_in_slot_order
+from ._api import _place, _policy_shape, empty_maps, maps_in_slot_order, ref_bounds
 from ._jit import run_by_layers
 from ._kernels.checks import id_span
 from ._kernels.migration import gather_copies, migration_rows, migration_rows_parallel
 from ._kernels.movement import dedupe_layers, movement_layers, movement_layers_parallel
-from ._kernels.slots import preserve_slots
 from ._validate import as_count, check_layout
 
 __all__ = ["Migration", "plan_migration"]
@@ -67,29 +66,32 @@ def _slack(value):
     return slack
 
 
-def beyond_reference(w, layout, ref, old_phy2log, max_load_slack, avoid_duplicates):
-    """Placement for the opt-in options, from the reference's (phy2log, phyrank, logcnt).
+def beyond_reference(w, layout, group_sums, old_phy2log, max_load_slack, avoid_duplicates):
+    """Placement for the opt-in options of float32 loads ``w``.
 
-    Returns ``(phy2log, log2phy, logcnt, how)``; ``how[layer]`` is 1 where
-    the old groups-to-nodes split was kept, 2 where the reference's split
-    was, 3 where the relabelled reference placement was used, 0 otherwise.
+    ``group_sums`` as for ``_api._place``.  Returns ``(phy2log, log2phy,
+    logcnt, how)``; ``how[layer]`` is 1 where the old groups-to-nodes split
+    was kept, 2 where the reference's split was, 3 where the relabelled
+    reference placement was used, 0 otherwise.
     """
     slack = _slack(max_load_slack)
-    ref_phy2log, _, ref_cnt = ref
-    nodes = layout.num_nodes if layout.hierarchical else 1
-    groups = layout.num_groups if layout.hierarchical else 1
-    out = np.empty_like(ref_phy2log)
+    groups, nodes, group_sums = _policy_shape(layout, group_sums)
     how = np.zeros(layout.num_layers, dtype=np.int64)
     if old_phy2log is not None:
         old = check_placement(old_phy2log, layout)
-        if layout.num_layers:
-            moved = np.empty_like(out)
-            run_by_layers(movement_layers, movement_layers_parallel, layout.num_layers, w, old, ref_phy2log, ref_cnt,
-                          groups, layout.num_gpus, nodes, slack, bool(avoid_duplicates), moved, how)
-            # Swaps can carry an expert off a GPU and another replica of it
-            # back in a different slot: put every stayer back in its old slot.
-            preserve_slots(moved, old, layout.num_gpus, layout.num_logical, out)
-    elif avoid_duplicates:
+        bounds, ref_cnt, split = ref_bounds(w, layout, group_sums)
+        # Filled only for layers that fall back to the reference's placement.
+        ref = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
+        out = np.empty_like(ref)
+        # The kernel writes the maps too, each layer while it is in cache.
+        log2phy, logcnt = empty_maps(layout.num_layers, layout.num_replicas, layout.num_logical)
+        run_by_layers(movement_layers, movement_layers_parallel, layout.num_layers, w, group_sums, old, ref, bounds,
+                      ref_cnt, split, groups, layout.num_gpus, nodes, slack, bool(avoid_duplicates), out, log2phy,
+                      logcnt, how)
+        return out, log2phy, logcnt, how
+    ref_phy2log, _, ref_cnt = _place(w, layout, group_sums, ranks=False)
+    out = np.empty_like(ref_phy2log)
+    if avoid_duplicates:
         if layout.num_layers:
             dedupe_layers(w, ref_phy2log, ref_cnt, layout.num_gpus, nodes, slack, out)
     else:

@@ -96,8 +96,7 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
 
         if isinstance(old_phy2log, _torch.Tensor):
             old_phy2log = old_phy2log.detach().cpu().numpy()
-        ref = _api._place(w.numpy(), layout, sums, ranks=False)
-        out = beyond_reference(w.numpy(), layout, ref, old_phy2log, max_load_slack, avoid_duplicates)[:3]
+        out = beyond_reference(w.numpy(), layout, sums, old_phy2log, max_load_slack, avoid_duplicates)[:3]
         return _to_device(out, weight.device)
     device = weight.device
     if device.type == "cpu":

@@ -4,7 +4,9 @@ Per layer: the bound is the reference's busiest GPU (times 1 + slack); the
 node split and replica counts come from the old placement where it has a
 split, else from the reference relabelled onto the old nodes; the layer is
 then planned by ``moves.movement_layer``, and where that misses the bound
-the reference's placement relabelled onto the old GPUs is used.
+the reference's placement relabelled onto the old GPUs is used.  Of the
+reference only its bound, counts and split are computed up front
+(``place_range`` with ``bounds``); its placement only for fallback layers.
 """
 
 from __future__ import annotations
@@ -15,23 +17,20 @@ import numpy as np
 from .._jit import jit, unsigned as _u
 from .assign import max_assignment
 from .moves import _holds, dedupe, layer_loads, movement_layer
+from .placement import place_layers, slot_order_layer
 from .plan import replicate_row
-from .slots import keep_slots
+from .slots import keep_slots, preserve_layer
 
 
 @jit
-def node_relabel(old, ref, num_nodes, num_logical, perm):
-    """``perm[a]``: the old node that takes the reference's node ``a`` (most slots kept)."""
-    num_phy = ref.shape[0]
-    per_node = num_phy // num_nodes
-    node_of = np.empty(num_logical, dtype=np.int64)
-    for q in range(num_phy):
-        node_of[ref[q]] = q // per_node
+def node_relabel(old, node_of, num_nodes, perm):
+    """``perm[a]``: the old node that takes the reference's node ``a`` (most
+    slots kept); ``node_of[e]`` is expert e's node in the reference."""
+    per_node = old.shape[0] // num_nodes
     score = np.zeros((num_nodes, num_nodes))
-    for q in range(num_phy):
+    for q in range(old.shape[0]):
         score[node_of[old[q]], q // per_node] += 1.0
     max_assignment(score, perm)
-    return node_of
 
 
 @jit
@@ -65,54 +64,74 @@ def relabel_layer(old, ref, perm, num_gpus, num_nodes, num_logical, out):
                        skip)
 
 
-@jit
-def _bound(w, ref, cnt, per_gpu, slack, loads):
-    layer_loads(w, ref, cnt, per_gpu, loads)
-    # A relative 1e-12 absorbs float64 summation order: the same replicas on
-    # a GPU in another slot order must not count as worse.
-    return loads.max() * (1.0 + slack) * (1.0 + 1e-12)
+@jit(inline="always")
+def _shares(w, cnt, share):
+    # One replica's load per expert: one division per expert, not per slot.
+    for e in range(w.shape[0]):
+        share[e] = w[e] / cnt[e]
 
 
 @jit
-def _old_split(old, group_of, num_groups, num_nodes, node_target, group_node, per):
-    # The old placement's groups-to-nodes split, if it keeps every group on
-    # one node with the same number of groups on each; else False.
-    # ``group_of[e]`` is e's group; ``group_node`` and ``per`` are scratch
-    # (num_groups and num_nodes long).
-    per_node = old.shape[0] // num_nodes
-    group_node[:] = -1
+def _group_masks(p2l, group_of, num_nodes, masks):
+    """``masks[node, k]`` bit ``b``: ``node`` holds an expert of group ``64 k + b``."""
+    # An OR-reduction per node and word: no branch, no store per slot.
+    per_node = p2l.shape[0] // num_nodes
+    one = np.uint64(1)
     for node in range(num_nodes):
-        for q in range(node * per_node, (node + 1) * per_node):
-            g = group_of[_u(old[q])]
-            if group_node[g] < 0:
-                group_node[g] = node
-            elif group_node[g] != node:
-                return False
+        for k in range(masks.shape[1]):
+            m = np.uint64(0)
+            for q in range(node * per_node, (node + 1) * per_node):
+                g = group_of[_u(p2l[q])]
+                m |= (one << np.uint64(g & 63)) if g >> 6 == k else np.uint64(0)
+            masks[node, k] = m
+
+
+@jit(inline="always")
+def _split_masks(group_node, masks):
+    # ``_group_masks`` of a placement whose group g is on node group_node[g].
+    masks[:, :] = 0
+    for g in range(group_node.shape[0]):
+        masks[group_node[g], g >> 6] |= np.uint64(1) << np.uint64(g & 63)
+
+
+@jit
+def _old_split(masks, num_groups, group_node, per):
+    # Whether the node masks of an old placement (``_group_masks``) split the
+    # groups: every group on exactly one node, the same number on each.  If
+    # so, ``group_node[g]`` is g's node.  ``per`` is scratch, one per node.
+    num_nodes = masks.shape[0]
     per[:] = 0
     for g in range(num_groups):
-        if group_node[g] < 0:
+        bit = np.uint64(1) << np.uint64(g & 63)
+        owner = -1
+        for node in range(num_nodes):
+            if masks[node, g >> 6] & bit:
+                if owner >= 0:
+                    return False
+                owner = node
+        if owner < 0:
             return False
-        per[group_node[g]] += 1
+        group_node[g] = owner
+        per[owner] += 1
     for node in range(num_nodes):
         if per[node] != num_groups // num_nodes:
             return False
-    for e in range(node_target.shape[0]):
-        node_target[e] = group_node[group_of[e]]
     return True
 
 
 @jit
-def _same_split(ref, group_of, num_nodes, group_node):
-    # Whether the reference's placement puts the same groups together on a
-    # node as ``group_node`` (the old split) does, whatever the node labels.
-    # A node of either holds the same number of groups, so it is enough that
-    # all of a reference node's experts sit on one old node.
-    per_node = ref.shape[0] // num_nodes
-    for node in range(num_nodes):
-        seen = group_node[group_of[ref[node * per_node]]]
-        for q in range(node * per_node, (node + 1) * per_node):
-            if group_node[group_of[ref[q]]] != seen:
-                return False
+def _same_split(ref_masks, masks):
+    # Whether every node of the reference holds the groups of some node of a
+    # split (both split the groups, so that makes them the same split).
+    for a in range(ref_masks.shape[0]):
+        found = False
+        for b in range(masks.shape[0]):
+            same = True
+            for k in range(masks.shape[1]):
+                same = same and ref_masks[a, k] == masks[b, k]
+            found = found or same
+        if not found:
+            return False
     return True
 
 
@@ -140,20 +159,29 @@ def _node_counts(w32, node_target, num_nodes, phy_per_node, cnt, members, tokens
 
 
 @jit
-def movement_range(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out, how, lo, hi):
+def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_groups, num_gpus, num_nodes, slack,
+                   avoid_dup, out, log2phy, logcnt, how, lo, hi):
     """Movement-aware placement of layers ``lo:hi`` (see ``movement_layer``).
 
+    ``bounds``, ``ref_cnt`` and ``split`` are the reference's busiest GPU
+    load, replica counts and groups' nodes (``place_range`` with bounds);
+    ``ref`` [L, R] takes its placement of any layer that falls back to it.
     Tries, in order, and keeps the first that meets the bound: (1) the old
     placement's own groups-to-nodes split with the reference's replication
     inside each node, which moves no group between nodes; (2) the
     reference's split relabelled onto the old nodes; (3) the reference's
     placement relabelled onto the old GPUs.  ``how[layer]`` records 1, 2 or 3.
+    Experts that stay on a GPU then keep their old slot, and ``log2phy`` and
+    ``logcnt`` are written in slot order, layer by layer while it is in cache.
     """
     num_layers, num_logical = weight.shape
     num_phy = ref.shape[1]
     per_gpu = num_phy // num_gpus
     loads = np.empty(num_gpus)
     w = np.empty(num_logical)
+    share = np.empty(num_logical)
+    ref_share = np.empty(num_logical)
+    node_of = np.empty(num_logical, dtype=np.int64)
     node_target = np.empty(num_logical, dtype=np.int64)
     cnt = np.empty(num_logical, dtype=np.int64)
     perm = np.empty(num_nodes, dtype=np.int64)
@@ -171,54 +199,84 @@ def movement_range(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, s
         group_of[g * group_size:(g + 1) * group_size] = g
     group_node = np.empty(num_groups, dtype=np.int64)
     per = np.empty(num_nodes, dtype=np.int64)
-    fscratch = np.empty(num_logical + 2 * num_phy)
+    words = (num_groups + 63) // 64
+    masks = np.empty((num_nodes, words), dtype=np.uint64)
+    ref_masks = np.empty((num_nodes, words), dtype=np.uint64)
+    fscratch = np.empty(2 * num_phy)
     iscratch = np.empty(num_logical + 2 * num_phy, dtype=np.int64)
+    moved = np.empty(num_phy, dtype=np.int64)
+    rank = np.empty(num_phy, dtype=np.int64)
+    avail = np.zeros(num_logical, dtype=np.int64)
+    skip = np.zeros(num_logical, dtype=np.int64)
     for layer in range(lo, hi):
         for e in range(num_logical):
             w[e] = weight[layer, e]
-        bound = _bound(w, ref[layer], ref_cnt[layer], per_gpu, slack, loads)
-        how[layer] = 0
-        if num_nodes > 1 and _old_split(old[layer], group_of, num_groups, num_nodes, node_target, group_node, per):
-            if _same_split(ref[layer], group_of, num_nodes, group_node):
-                # The reference's own replica counts (the common case after
-                # a small drift), without replicating again.
-                cnt[:] = ref_cnt[layer]
+            node_of[e] = split[layer, group_of[e]]
+        _shares(w, ref_cnt[layer], ref_share)
+        # A relative 1e-12 absorbs float64 summation order: the same replicas
+        # on a GPU in another slot order must not count as worse.
+        bound = bounds[layer] * (1.0 + slack) * (1.0 + 1e-12)
+        h = 0
+        if num_nodes > 1:
+            _group_masks(old[layer], group_of, num_nodes, masks)
+            if _old_split(masks, num_groups, group_node, per):
+                for e in range(num_logical):
+                    node_target[e] = group_node[group_of[e]]
+                _split_masks(split[layer], ref_masks)
+                if _same_split(ref_masks, masks):
+                    # The reference's own replica counts (the common case
+                    # after a small drift), without replicating again.
+                    counts, shares = ref_cnt[layer], ref_share
+                else:
+                    _node_counts(weight[layer], node_target, num_nodes, num_phy // num_nodes, cnt, members, tokens,
+                                 scratch_phy, scratch_rank, scratch_cnt, cntf, ratio, heap)
+                    _shares(w, cnt, share)
+                    counts, shares = cnt, share
+                if movement_layer(shares, old[layer], counts, node_target, num_gpus, num_nodes, bound, avoid_dup,
+                                  moved, loads, fscratch, iscratch):
+                    h = 1
+        if h == 0:
+            node_relabel(old[layer], node_of, num_nodes, perm)
+            for e in range(num_logical):
+                node_target[e] = perm[node_of[e]]
+            if movement_layer(ref_share, old[layer], ref_cnt[layer], node_target, num_gpus, num_nodes, bound,
+                              avoid_dup, moved, loads, fscratch, iscratch):
+                h = 2
             else:
-                _node_counts(weight[layer], node_target, num_nodes, num_phy // num_nodes, cnt, members, tokens,
-                             scratch_phy, scratch_rank, scratch_cnt, cntf, ratio, heap)
-            if movement_layer(w, old[layer], cnt, node_target, num_gpus, num_nodes, bound, avoid_dup,
-                              out[layer], loads, fscratch, iscratch):
-                how[layer] = 1
-                continue
-        node_of = node_relabel(old[layer], ref[layer], num_nodes, num_logical, perm)
-        for e in range(num_logical):
-            node_target[e] = perm[node_of[e]]
-        if movement_layer(w, old[layer], ref_cnt[layer], node_target, num_gpus, num_nodes, bound, avoid_dup,
-                          out[layer], loads, fscratch, iscratch):
-            how[layer] = 2
-            continue
-        how[layer] = 3
-        relabel_layer(old[layer], ref[layer], perm, num_gpus, num_nodes, num_logical, out[layer])
-        if avoid_dup:
-            layer_loads(w, out[layer], ref_cnt[layer], per_gpu, loads)
-            dedupe(out[layer], loads, w, ref_cnt[layer], num_gpus, num_nodes, per_gpu, bound)
+                h = 3
+                # One layer through the kernel that plans whole arrays (a
+                # call of place_range itself would compile it once more).
+                end = layer + 1
+                place_layers(weight[layer:end], group_sums[layer:end], num_groups, num_nodes, num_gpus, ref[layer:end],
+                             np.empty((0, 0), np.int64), ref_cnt[layer:end], np.empty((0, 0, 0), np.int64),
+                             np.empty(0), np.empty((0, 0), np.int64))
+                relabel_layer(old[layer], ref[layer], perm, num_gpus, num_nodes, num_logical, moved)
+                if avoid_dup:
+                    layer_loads(moved, ref_share, per_gpu, loads)
+                    dedupe(moved, loads, ref_share, num_gpus, num_nodes, per_gpu, bound)
+        how[layer] = h
+        # Swaps can carry an expert off a GPU and another replica of it back
+        # in a different slot: put every stayer back in its old slot.
+        preserve_layer(moved, old[layer], num_gpus, num_logical, out[layer], avail, skip)
+        slot_order_layer(out[layer], rank, log2phy[layer], logcnt[layer])
 
 
 @jit
-def movement_layers(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out, how):
+def movement_layers(weight, group_sums, old, ref, bounds, ref_cnt, split, num_groups, num_gpus, num_nodes, slack,
+                    avoid_dup, out, log2phy, logcnt, how):
     """``movement_range`` over every layer, on the calling thread."""
-    movement_range(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out, how,
-                   0, weight.shape[0])
+    movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_groups, num_gpus, num_nodes, slack,
+                   avoid_dup, out, log2phy, logcnt, how, 0, weight.shape[0])
 
 
 @jit(parallel=True)
-def movement_layers_parallel(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out,
-                             how, blocks):
+def movement_layers_parallel(weight, group_sums, old, ref, bounds, ref_cnt, split, num_groups, num_gpus, num_nodes,
+                             slack, avoid_dup, out, log2phy, logcnt, how, blocks):
     """``movement_range`` over ``blocks`` contiguous blocks of layers, in parallel."""
     num_layers = weight.shape[0]
     for b in numba.prange(blocks):
-        movement_range(weight, old, ref, ref_cnt, num_groups, num_gpus, num_nodes, slack, avoid_dup, out, how,
-                       b * num_layers // blocks, (b + 1) * num_layers // blocks)
+        movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_groups, num_gpus, num_nodes, slack,
+                       avoid_dup, out, log2phy, logcnt, how, b * num_layers // blocks, (b + 1) * num_layers // blocks)
 
 
 @jit
@@ -229,9 +287,12 @@ def dedupe_layers(weight, ref, cnt, num_gpus, num_nodes, slack, out):
     per_gpu = ref.shape[1] // num_gpus
     loads = np.empty(num_gpus)
     w = np.empty(num_logical)
+    share = np.empty(num_logical)
     for layer in range(num_layers):
         for e in range(num_logical):
             w[e] = weight[layer, e]
-        bound = _bound(w, ref[layer], cnt[layer], per_gpu, slack, loads)
+        _shares(w, cnt[layer], share)
+        layer_loads(ref[layer], share, per_gpu, loads)
+        bound = loads.max() * (1.0 + slack) * (1.0 + 1e-12)  # as in movement_range
         out[layer, :] = ref[layer]
-        dedupe(out[layer], loads, w, cnt[layer], num_gpus, num_nodes, per_gpu, bound)
+        dedupe(out[layer], loads, share, num_gpus, num_nodes, per_gpu, bound)

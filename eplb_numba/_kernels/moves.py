@@ -14,15 +14,18 @@ import numpy as np
 
 from .._jit import jit, unsigned as _u
 
+# Up to this many missing replicas are ordered by insertion (see movement_layer).
+_FEW_MISSING = 32
+
 
 @jit
-def layer_loads(w, p2l, cnt, per_gpu, loads):
-    """GPU loads (float64) of one layer's placement with replica counts ``cnt``."""
+def layer_loads(p2l, share, per_gpu, loads):
+    """GPU loads (float64) of one layer's placement; ``share[e]`` is a replica
+    of e's load (its load over its replica count)."""
     for g in range(loads.shape[0]):
         s = 0.0
         for q in range(g * per_gpu, (g + 1) * per_gpu):
-            e = p2l[q]
-            s += w[e] / cnt[e]
+            s += share[_u(p2l[q])]
         loads[g] = s
 
 
@@ -88,7 +91,7 @@ def _swap_with_loads(out, slot_load, loads, per_gpu, s, t):
 
 
 @jit
-def dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound):
+def dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound):
     """Swap away second replicas of an expert on one GPU where a swap within the
     node keeps both GPUs within ``bound`` and creates no other duplicate."""
     gpus_per_node = num_gpus // num_nodes
@@ -98,7 +101,7 @@ def dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound):
             es = out[s]
             if not _holds(out, g * per_gpu, per_gpu, es, s):
                 continue
-            ls = w[es] / cnt[es]
+            ls = share[es]
             best = np.inf
             best_t = -1
             best_lt = 0.0
@@ -109,7 +112,7 @@ def dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound):
                     et = out[t]
                     if _holds(out, g * per_gpu, per_gpu, et, -1):
                         continue
-                    lt = w[et] / cnt[et]
+                    lt = share[et]
                     m = max(loads[g] - ls + lt, loads[h] + ls - lt)
                     if m <= bound and m < best:
                         best = m
@@ -120,25 +123,25 @@ def dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound):
 
 
 @jit
-def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_dup, out, loads, fscratch, iscratch):
+def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_dup, out, loads, fscratch,
+                   iscratch):
     """Movement-aware placement of one layer into ``out``; False if ``bound`` is missed.
 
-    ``cnt`` are the replica counts to reach and ``node_target[e]`` the node
-    that must hold all of expert ``e``'s replicas.  Scratch: ``fscratch``
-    (float64) and ``iscratch`` (int64), each ``len(w) + 2 * len(old)`` long.
+    ``cnt`` are the replica counts to reach, ``share[e]`` the load of one of
+    e's replicas under them (see ``layer_loads``), and ``node_target[e]``
+    the node that must hold all of e's replicas.  Scratch: ``fscratch``
+    (float64, ``2 * len(old)`` long) and ``iscratch`` (int64, ``len(share) +
+    2 * len(old)`` long).
     """
     num_phy = old.shape[0]
-    num_logical = w.shape[0]
+    num_logical = share.shape[0]
     per_gpu = num_phy // num_gpus
     gpus_per_node = num_gpus // num_nodes
-    # A replica's load, w / cnt, once per expert (divisions are the slow part).
-    share = fscratch[:num_logical]
-    slot_load = fscratch[num_logical:num_logical + num_phy]
-    key = fscratch[num_logical + num_phy:]
+    slot_load = fscratch[:num_phy]
+    key = fscratch[num_phy:]
     need = iscratch[:num_logical]
     todo = iscratch[num_logical:num_logical + num_phy]
     for e in range(num_logical):
-        share[e] = w[e] / cnt[e]
         need[e] = cnt[e]
     for q in range(num_phy):
         out[q] = -1
@@ -165,11 +168,27 @@ def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_d
     for e in range(num_logical):
         for _ in range(need[e]):
             todo[missing] = e
-            key[missing] = -share[e]
             missing += 1
-    order = np.argsort(key[:missing], kind="mergesort")
+    if missing <= _FEW_MISSING:
+        # The usual handful after a small drift: a stable insertion sort in
+        # place, without the allocation of argsort.
+        for k in range(1, missing):
+            e = todo[k]
+            pos = k
+            while pos > 0 and share[todo[pos - 1]] < share[e]:
+                todo[pos] = todo[pos - 1]
+                pos -= 1
+            todo[pos] = e
+    else:
+        for k in range(missing):
+            key[k] = -share[todo[k]]
+        order = np.argsort(key[:missing], kind="mergesort")
+        sorted_todo = iscratch[num_logical + num_phy:]
+        for k in range(missing):
+            sorted_todo[k] = todo[order[k]]
+        todo = sorted_todo
     for k in range(missing):
-        e = todo[order[k]]
+        e = todo[k]
         node = node_target[e]
         best_g = -1
         best_dup = True
@@ -209,7 +228,7 @@ def movement_layer(w, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_d
             break
         _swap_with_loads(out, slot_load, loads, per_gpu, s, t)
     if avoid_dup:
-        dedupe(out, loads, w, cnt, num_gpus, num_nodes, per_gpu, bound)
+        dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound)
     for g in range(num_gpus):
         if loads[g] > bound:
             return False

@@ -16,8 +16,8 @@ import numba
 import numpy as np
 
 from .._jit import jit, unsigned as _u
-from .plan import LOCKSTEP_ROWS, pack_block, replicate_row
-from .sort import SORT_SCRATCH_EXTRA, SORT_SCRATCH_PER_ITEM, SORT_STACK_SIZE
+from .plan import LOCKSTEP_ROWS, greedy_block, pack_block, replicate_row
+from .sort import LOW, SORT_SCRATCH_EXTRA, SORT_SCRATCH_PER_ITEM, SORT_STACK_SIZE, argsort_desc, rank_sort_desc
 
 
 @jit(inline="always")
@@ -33,14 +33,22 @@ def _group_sums(w, num_groups, out):
 
 
 @jit
-def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy, lo, hi):
+def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy, bounds, split,
+                lo, hi):
     """Hierarchical placement of layers ``lo:hi`` of float32 ``weight`` [L, E].
 
     ``group_sums`` [L, num_groups] holds precomputed group loads, or has zero
-    rows to have them summed here.  Writes ``phy2log`` [L, R] and ``logcnt``
-    [L, E]; also ``phyrank`` [L, R] (replica ranks) and ``log2phy`` [L, E,
-    R - E + 1] unless they have zero layers.  Scratch is allocated once per
-    call, not per layer.
+    rows to have them summed here.  Writes ``logcnt`` [L, E], and ``phy2log``
+    [L, R], ``phyrank`` [L, R] (replica ranks) and ``log2phy`` [L, E, R - E +
+    1] unless they have zero layers (``phy2log`` still has R columns).
+    Scratch is allocated once per call, not per layer.
+
+    Given ``bounds`` [L] and ``split`` [L, num_groups] (else zero layers),
+    writes instead of a placement the busiest GPU's load (float64, each
+    replica ``weight / logcnt``, summed in slot order) and each group's
+    node.  Those do not depend on the order of equal loads, so the replicas
+    are then sorted without the reference's tie order, where that gives
+    the same sums.
     """
     num_layers, num_log = weight.shape
     num_phy = phy2log.shape[1]
@@ -53,6 +61,7 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     have_sums = group_sums.shape[0] == num_layers
     want_log2phy = log2phy.shape[0] == num_layers
     want_phyrank = phyrank.shape[0] == num_layers
+    want_bounds = bounds.shape[0] == num_layers
     # Layers are planned a block at a time so that the greedy packing steps
     # about LOCKSTEP_ROWS independent (layer, node) rows together.
     block = max(1, LOCKSTEP_ROWS // num_nodes)
@@ -82,6 +91,9 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     order = np.empty((rows, phy_per_node), dtype=np.int64)
     gpu = np.empty((rows, phy_per_node), dtype=np.int64)
     gpu_rank = np.empty((rows, phy_per_node), dtype=np.int64)
+    share = np.empty((rows, phy_per_node)) if want_bounds else np.empty((0, phy_per_node))
+    expert_share = np.empty(log_per_node)
+    slotted = np.empty(phy_per_node)
 
     for first in range(lo, hi, block):
         nb = min(block, hi - first)
@@ -121,10 +133,32 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
                 for k in range(phy_per_node):
                     m = _u(phy2mlog[row, k])
                     phy_load[row, k] = tokens[m] / np.float32(cnt[m])
-        # Step 3: each node's replicas to its GPUs.
+                if want_bounds:
+                    for j in range(log_per_node):
+                        expert_share[j] = np.float64(tokens[j]) / cnt[j]
+                    for k in range(phy_per_node):
+                        share[row, k] = expert_share[_u(phy2mlog[row, k])]
+        # Step 3: each node's replicas to its GPUs (one greedy for both
+        # modes: the packing is inlined, and compiling it twice costs seconds).
         used = nb * num_nodes
-        pack_block(phy_load[:used], phy_load[:used], gpus_per_node, gpu[:used], gpu_rank[:used], order[:used],
-                   loads[:used], items[:used], heap[:used], stack, scratch, True)
+        if slots_per_gpu > 1:
+            for row in range(used):
+                if not (want_bounds and _sorted_for_sums(phy_load[row], share[row], order[row], scratch)):
+                    argsort_desc(phy_load[row], order[row], stack, scratch)
+        greedy_block(order[:used], phy_load[:used], gpus_per_node, gpu[:used], gpu_rank[:used], loads[:used],
+                     items[:used], heap[:used], True)
+        if want_bounds:
+            for b in range(nb):
+                top = 0.0
+                for node in range(num_nodes):
+                    row = b * num_nodes + node
+                    top = max(top, _busiest(gpu[row], gpu_rank[row], share[row], gpus_per_node, slotted))
+                bounds[first + b] = top
+                for g in range(num_groups):
+                    split[first + b, g] = group_node[b, g]
+                for e in range(num_log):
+                    logcnt[first + b, e] = mlogcnt[b, _u(log2mlog[b, e])]
+            continue
         for b in range(nb):
             layer = first + b
             if want_log2phy:
@@ -145,21 +179,52 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
                 logcnt[layer, e] = mlogcnt[b, _u(log2mlog[b, e])]
 
 
+@jit(inline="always")
+def _sorted_for_sums(keys, share, packed, scratch):
+    # The branch-free sort; False where two equal keys have different
+    # float64 shares (distinct loads that round to one float32), whose order
+    # would change the sums: then only the reference's order will do.
+    rank_sort_desc(keys, packed, scratch)
+    for k in range(1, keys.shape[0]):
+        a = packed[k - 1]
+        b = packed[k]
+        if (a ^ b) & ~LOW == 0 and share[_u(a & LOW)] != share[_u(b & LOW)]:
+            return False
+    return True
+
+
+@jit(inline="always")
+def _busiest(gpu, gpu_rank, share, num_gpus, loads):
+    # Largest GPU load of one node's packing, each GPU summed in slot order
+    # (the order the packing filled it), as the placement would hold it.
+    # ``loads``: float64 scratch, one per replica.
+    per_gpu = gpu.shape[0] // num_gpus
+    for k in range(gpu.shape[0]):
+        loads[_u(gpu[k] * per_gpu + gpu_rank[k])] = share[k]
+    top = 0.0
+    for g in range(num_gpus):
+        s = 0.0
+        for q in range(g * per_gpu, (g + 1) * per_gpu):
+            s += loads[q]
+        top = max(top, s)
+    return top
+
+
 @jit
-def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy):
+def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy, bounds, split):
     """``place_range`` over every layer, on the calling thread."""
-    place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy,
+    place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy, bounds, split,
                 0, weight.shape[0])
 
 
 @jit(parallel=True)
 def place_layers_parallel(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy,
-                          blocks):
+                          bounds, split, blocks):
     """``place_range`` over ``blocks`` contiguous blocks of layers, in parallel."""
     num_layers = weight.shape[0]
     for b in numba.prange(blocks):
-        place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy,
-                    b * num_layers // blocks, (b + 1) * num_layers // blocks)
+        place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy, bounds,
+                    split, b * num_layers // blocks, (b + 1) * num_layers // blocks)
 
 
 @jit(inline="always")
@@ -187,13 +252,17 @@ def slot_order_maps(phy2log, log2phy, logcnt):
     For placements other than the reference's own, whose ranks come from the
     order replication made the replicas.
     """
-    num_layers, num_phy = phy2log.shape
-    rank = np.empty(num_phy, dtype=np.int64)
-    for layer in range(num_layers):
-        seen = logcnt[layer]
-        seen[:] = 0
-        for q in range(num_phy):
-            e = phy2log[layer, q]
-            rank[q] = seen[e]
-            seen[e] += 1
-        fill_log2phy_layer(phy2log[layer], rank, log2phy[layer])
+    rank = np.empty(phy2log.shape[1], dtype=np.int64)
+    for layer in range(phy2log.shape[0]):
+        slot_order_layer(phy2log[layer], rank, log2phy[layer], logcnt[layer])
+
+
+@jit(inline="always")
+def slot_order_layer(phy2log, rank, table, counts):
+    """One layer of ``slot_order_maps``; ``rank`` is scratch as long as ``phy2log``."""
+    counts[:] = 0
+    for q in range(phy2log.shape[0]):
+        e = _u(phy2log[q])
+        rank[q] = counts[e]
+        counts[e] += 1
+    fill_log2phy_layer(phy2log, rank, table)

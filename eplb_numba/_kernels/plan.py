@@ -127,17 +127,25 @@ def pack_block(keys, weights, num_packs, pack_index, rank_in_pack, order, loads,
     When loads are float32 (``f32_loads``) and packs are few, a vectorised
     scan over all rows replaces one heap per row.
     """
-    rows, n = keys.shape
+    if keys.shape[1] > num_packs:
+        for r in range(keys.shape[0]):
+            argsort_desc(keys[r], order[r], stack, scratch)
+    greedy_block(order, weights, num_packs, pack_index, rank_in_pack, loads, items, heap, f32_loads)
+
+
+@jit(inline="always")
+def greedy_block(order, weights, num_packs, pack_index, rank_in_pack, loads, items, heap, f32_loads):
+    """The packing of ``pack_block`` given each row's items in visiting ``order``
+    (packed as ``sort.py`` packs them); ``order`` is not read when every pack
+    takes one item."""
+    rows, n = order.shape
     per_pack = n // num_packs
     if per_pack == 1:
         for r in range(rows):
             for i in range(n):
                 pack_index[r, i] = i
                 rank_in_pack[r, i] = 0
-        return
-    for r in range(rows):
-        argsort_desc(keys[r], order[r], stack, scratch)
-    if f32_loads and num_packs <= _SCAN_PACKS:
+    elif f32_loads and num_packs <= _SCAN_PACKS:
         _greedy_scan_f32(order, weights, num_packs, per_pack, pack_index, rank_in_pack, loads, items, heap)
     else:
         for r in range(rows):

@@ -52,12 +52,17 @@ def preserve_slots(new_phy2log, old_phy2log, num_gpus, num_logical, out):
     The same post-processing as vLLM's default policy applies to
     ``old_global_expert_indices``.
     """
-    num_layers, num_phy = new_phy2log.shape
-    per_gpu = num_phy // num_gpus
     avail = np.zeros(num_logical, dtype=np.int64)
     skip = np.zeros(num_logical, dtype=np.int64)
-    for layer in range(num_layers):
-        for g in range(num_gpus):
-            start = g * per_gpu
-            keep_slots(new_phy2log[layer, start:start + per_gpu], old_phy2log[layer, start:start + per_gpu],
-                       out[layer, start:start + per_gpu], num_logical, avail, skip)
+    for layer in range(new_phy2log.shape[0]):
+        preserve_layer(new_phy2log[layer], old_phy2log[layer], num_gpus, num_logical, out[layer], avail, skip)
+
+
+@jit(inline="always")
+def preserve_layer(new, old, num_gpus, num_logical, out, avail, skip):
+    """``keep_slots`` over one layer's GPUs (``avail``, ``skip`` as there)."""
+    per_gpu = new.shape[0] // num_gpus
+    for g in range(num_gpus):
+        start = g * per_gpu
+        keep_slots(new[start:start + per_gpu], old[start:start + per_gpu], out[start:start + per_gpu], num_logical,
+                   avail, skip)

@@ -285,3 +285,22 @@ def argsort_desc(keys, packed, stack, scratch):
     """
     pack_keys(keys, packed)
     sort_desc(packed, 0, keys.shape[0], stack, scratch)
+
+
+@jit(inline="always")
+def rank_sort_desc(keys, packed, tmp):
+    """``argsort_desc`` with ties in no particular order, branch-free.
+
+    For callers that only need the sequence of values (a packing's loads do
+    not depend on which of two equal items goes first).  ``tmp``: int64,
+    ``len(keys)`` entries.
+    """
+    pack_keys(keys, tmp)
+    n = keys.shape[0]
+    # Packed keys are distinct: a key's place is the number of keys above it.
+    for i in range(n):
+        k = tmp[i]
+        r = 0
+        for j in range(n):
+            r += tmp[j] > k
+        packed[_u(r)] = k
