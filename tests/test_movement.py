@@ -72,6 +72,26 @@ def test_movement_aware_contract(case, slack, avoid):
             np.testing.assert_array_equal(np.sort(log2phy[layer, e, : logcnt[layer, e]]), np.flatnonzero(new[layer] == e))
 
 
+@settings(max_examples=40, deadline=None)
+@given(drifts(), st.sampled_from(["shuffled", "random", "gpus swapped"]), st.integers(0, 2**32 - 1), st.booleans())
+def test_contract_from_any_old_placement(case, how, seed, avoid):
+    # Old placements the reference never makes: slots shuffled across nodes,
+    # random experts (some missing, some many times), GPUs relabelled.  They
+    # take the paths that re-split the groups or fall back to the
+    # reference's placement.
+    w0, w1, replicas, groups, nodes, gpus = case
+    rng = np.random.default_rng(seed)
+    old = eplb_numba.rebalance_experts(w0, replicas, groups, nodes, gpus)[0]
+    if how == "shuffled":
+        old = np.stack([rng.permutation(row) for row in old])
+    elif how == "random":
+        old = rng.integers(0, w0.shape[1], old.shape)
+    else:
+        old = old.reshape(len(old), gpus, -1)[:, rng.permutation(gpus)].reshape(old.shape)
+    new = eplb_numba.rebalance_experts(w1, replicas, groups, nodes, gpus, old_phy2log=old, avoid_duplicates=avoid)[0]
+    assert_valid(new, w1, replicas, groups, nodes, gpus, old=old)
+
+
 def test_same_loads_move_nothing(rng):
     w = make_loads(rng, "uniform", (5, 256))
     old = eplb_numba.rebalance_experts(w, 288, 8, 4, 32)[0]
