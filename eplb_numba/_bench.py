@@ -245,8 +245,8 @@ def markdown(result):
     if "movement" in result:
         mv = result["movement"]
         lines += ["", f"Movement-aware plan + migration plan (DeepSeek-V3 EP32, loads drifted 2%): "
-                  f"{_fmt(mv['movement_plus_migration'])} us, of which the reference plan it must beat "
-                  f"{_fmt(mv['reference_alone'])} us; {mv['copies_movement_aware']} expert copies instead of "
+                  f"{_fmt(mv['movement_plus_migration'])} us (the reference plan alone: "
+                  f"{_fmt(mv['reference_alone'])} us); {mv['copies_movement_aware']} expert copies instead of "
                   f"the reference's {mv['copies_reference']}."]
     if "gil" in result:
         g = result["gil"]

@@ -211,7 +211,6 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
     for layer in range(lo, hi):
         for e in range(num_logical):
             w[e] = weight[layer, e]
-            node_of[e] = split[layer, group_of[e]]
         _shares(w, ref_cnt[layer], ref_share)
         # A relative 1e-12 absorbs float64 summation order: the same replicas
         # on a GPU in another slot order must not count as worse.
@@ -236,6 +235,8 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
                                   moved, loads, fscratch, iscratch):
                     h = 1
         if h == 0:
+            for e in range(num_logical):
+                node_of[e] = split[layer, group_of[e]]
             node_relabel(old[layer], node_of, num_nodes, perm)
             for e in range(num_logical):
                 node_target[e] = perm[node_of[e]]
