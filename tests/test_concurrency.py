@@ -9,8 +9,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 import eplb_numba
+from eplb_numba._movement import beyond_reference
+from eplb_numba._validate import as_weight, check_layout
 
 from .conftest import make_loads
 
@@ -24,10 +27,20 @@ def test_parallel_layers_match_serial(monkeypatch, rng):
         np.testing.assert_array_equal(a, b)
 
 
-def test_parallel_movement_and_migration_match_serial(monkeypatch, rng):
+@pytest.mark.parametrize("old_kind", ["reference", "random"])
+def test_parallel_movement_and_migration_match_serial(monkeypatch, rng, old_kind):
     w0 = make_loads(rng, "uniform", (9, 64))
     w1 = w0 + rng.integers(0, 500, w0.shape)
     old = eplb_numba.rebalance_experts(w0, 80, 8, 2, 16)[0]
+    if old_kind == "random":
+        # Tied loads and a random old placement (seed chosen so): a layer
+        # falls back to the reference's placement, built inside the threads.
+        seeded = np.random.default_rng(12)
+        make_loads(seeded, "ties", (9, 64))
+        w1 = seeded.integers(0, 4, (9, 64))
+        old = seeded.integers(0, 64, old.shape)
+        how = beyond_reference(as_weight(w1), check_layout((9, 64), 80, 8, 2, 16), None, old, 0.0, True)[3]
+        assert 3 in how
     serial = eplb_numba.rebalance_experts(w1, 80, 8, 2, 16, old_phy2log=old, avoid_duplicates=True)
     serial_plan = eplb_numba.plan_migration(old, serial[0], 16, 2)
     monkeypatch.setenv("EPLB_NUMBA_THREADS", "2")
