@@ -63,9 +63,9 @@ def ref_bounds(w, layout, group_sums=None):
     """What the movement-aware plan needs of the reference, without placing.
 
     Returns ``(bounds, logcnt, split)``: per layer the reference's busiest
-    GPU load (float64, as ``_metrics.gpu_loads`` sums it), its replica
-    counts, and the node of each expert group (``[layers, 1]`` of zeros for
-    the global policy).
+    GPU load (float64, each GPU summed slot by slot as the movement kernels
+    sum loads), its replica counts, and the node of each expert group
+    (``[layers, 1]`` of zeros for the global policy).
     """
     groups, nodes, group_sums = _policy_shape(layout, group_sums)
     bounds = np.empty(layout.num_layers)
