@@ -126,12 +126,20 @@ def movement_row(runs=100, budget_s=3.0):
 
     ref = rebalance_experts(new_w, *cfg)[0]
     moved = both()
-    return {
-        "movement_plus_migration": _summary(_times(both, runs, budget_s)),
-        "reference_alone": _summary(_times(lambda: rebalance_experts(new_w, *cfg), runs, budget_s)),
+    # Alternate blocks of the two, so that their ratio holds even while the
+    # machine's speed drifts.
+    mine, plain = [], []
+    for _ in range(max(1, runs // 10)):
+        mine += _times(both, 10, budget_s / 20)
+        plain += _times(lambda: rebalance_experts(new_w, *cfg), 10, budget_s / 20)
+    out = {
+        "movement_plus_migration": _summary(mine),
+        "reference_alone": _summary(plain),
         "copies_movement_aware": int(len(moved.expert)),
         "copies_reference": int(len(plan_migration(old, ref, 32, 4).expert)),
     }
+    out["ratio_to_reference"] = out["movement_plus_migration"]["median_us"] / out["reference_alone"]["median_us"]
+    return out
 
 
 def gil_share(seconds=2.0):
@@ -245,8 +253,9 @@ def markdown(result):
     if "movement" in result:
         mv = result["movement"]
         lines += ["", f"Movement-aware plan + migration plan (DeepSeek-V3 EP32, loads drifted 2%): "
-                  f"{_fmt(mv['movement_plus_migration'])} us (the reference plan alone: "
-                  f"{_fmt(mv['reference_alone'])} us); {mv['copies_movement_aware']} expert copies instead of "
+                  f"{_fmt(mv['movement_plus_migration'])} us (the reference plan alone, timed alternately with "
+                  f"it: {_fmt(mv['reference_alone'])} us, {mv['ratio_to_reference']:.2f}x); "
+                  f"{mv['copies_movement_aware']} expert copies instead of "
                   f"the reference's {mv['copies_reference']}."]
     if "gil" in result:
         g = result["gil"]

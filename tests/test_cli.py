@@ -152,6 +152,18 @@ def test_error_paths(tmp_path):
     assert_error(cli(tmp_path / "multi.npz"), "several arrays")
 
 
+def test_bench_movement_row_times_it_alternately_with_the_reference():
+    from eplb_numba import _bench
+
+    mv = _bench.movement_row(runs=20, budget_s=20.0)  # a budget that never cuts the 20 runs short
+    mine, plain = mv["movement_plus_migration"], mv["reference_alone"]
+    assert mine["runs"] == plain["runs"] == 20
+    assert mv["ratio_to_reference"] == pytest.approx(mine["median_us"] / plain["median_us"])
+    assert 0 < mv["copies_movement_aware"] * 5 <= mv["copies_reference"]
+    text = _bench.markdown({"machine": _bench.machine(), "rows": [], "movement": mv})
+    assert f"{mv['ratio_to_reference']:.2f}x" in text and "timed alternately" in text
+
+
 def test_warmup_command():
     result = cli("warmup")
     assert result.returncode == 0, result.stderr
