@@ -327,8 +327,9 @@ def warmup(parallel: bool | None = None) -> float:
         from ._kernels.migration import migration_rows_parallel
         from ._kernels.movement import movement_layers_parallel
 
-        ref = _place(w, check_layout(w.shape, 24, 4, 2, 8))[0]
-        bounds, cnt, split = ref_bounds(w, check_layout(w.shape, 24, 4, 2, 8))
+        layout = check_layout(w.shape, 24, 4, 2, 8)
+        ref = _place(w, layout)[0]
+        bounds, cnt, split = ref_bounds(w, layout)
         log2phy, logcnt = empty_maps(2, 24, 16)
         movement_layers_parallel(w, _NO_SUMS, p2l, np.empty_like(ref), bounds, cnt, split, 4, 8, 2, 0.0, True,
                                  np.empty_like(ref), log2phy, logcnt, np.empty(2, dtype=np.int64), 2)

@@ -65,6 +65,13 @@ def relabel_layer(old, ref, perm, num_gpus, num_nodes, num_logical, out):
 
 
 @jit(inline="always")
+def _bound(busiest, slack):
+    # A relative 1e-12 absorbs float64 summation order: the same replicas on
+    # a GPU in another slot order must not count as worse.
+    return busiest * (1.0 + slack) * (1.0 + 1e-12)
+
+
+@jit(inline="always")
 def _shares(w, cnt, share):
     # One replica's load per expert: one division per expert, not per slot.
     for e in range(w.shape[0]):
@@ -212,9 +219,7 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
         for e in range(num_logical):
             w[e] = weight[layer, e]
         _shares(w, ref_cnt[layer], ref_share)
-        # A relative 1e-12 absorbs float64 summation order: the same replicas
-        # on a GPU in another slot order must not count as worse.
-        bound = bounds[layer] * (1.0 + slack) * (1.0 + 1e-12)
+        bound = _bound(bounds[layer], slack)
         h = 0
         if num_nodes > 1:
             _group_masks(old[layer], group_of, num_nodes, masks)
@@ -294,6 +299,6 @@ def dedupe_layers(weight, ref, cnt, num_gpus, num_nodes, slack, out):
             w[e] = weight[layer, e]
         _shares(w, cnt[layer], share)
         layer_loads(ref[layer], share, per_gpu, loads)
-        bound = loads.max() * (1.0 + slack) * (1.0 + 1e-12)  # as in movement_range
+        bound = _bound(loads.max(), slack)
         out[layer, :] = ref[layer]
         dedupe(out[layer], loads, share, num_gpus, num_nodes, per_gpu, bound)

@@ -147,6 +147,9 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
                     argsort_desc(phy_load[row], order[row], stack, scratch)
         greedy_block(order[:used], phy_load[:used], gpus_per_node, gpu[:used], gpu_rank[:used], loads[:used],
                      items[:used], heap[:used], True)
+        for b in range(nb):
+            for e in range(num_log):
+                logcnt[first + b, e] = mlogcnt[b, _u(log2mlog[b, e])]
         if want_bounds:
             for b in range(nb):
                 top = 0.0
@@ -156,8 +159,6 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
                 bounds[first + b] = top
                 for g in range(num_groups):
                     split[first + b, g] = group_node[b, g]
-                for e in range(num_log):
-                    logcnt[first + b, e] = mlogcnt[b, _u(log2mlog[b, e])]
             continue
         for b in range(nb):
             layer = first + b
@@ -175,8 +176,6 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
                         log2phy[layer, _u(e), _u(rank[row, k])] = slot
                     if want_phyrank:
                         phyrank[layer, _u(slot)] = rank[row, k]
-            for e in range(num_log):
-                logcnt[layer, e] = mlogcnt[b, _u(log2mlog[b, e])]
 
 
 @jit(inline="always")

@@ -188,7 +188,8 @@ def _partition_pivot(a, first, last, lefts, rights):
 @jit(inline="always")
 def _rank_into(a, lo, size, keys, rank_keys, width):
     # keys[t] goes to a[lo + its rank], the rank counted over the first
-    # ``width`` rank keys (a constant at each call, so the count unrolls).
+    # ``width`` rank keys (for the leaves a constant at each call, so the
+    # count unrolls).
     for t in range(size):
         v = rank_keys[t]
         r = 0
@@ -296,11 +297,5 @@ def rank_sort_desc(keys, packed, tmp):
     ``len(keys)`` entries.
     """
     pack_keys(keys, tmp)
-    n = keys.shape[0]
     # Packed keys are distinct: a key's place is the number of keys above it.
-    for i in range(n):
-        k = tmp[i]
-        r = 0
-        for j in range(n):
-            r += tmp[j] > k
-        packed[_u(r)] = k
+    _rank_into(packed, 0, keys.shape[0], tmp, tmp, keys.shape[0])
