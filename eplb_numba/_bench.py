@@ -38,9 +38,10 @@ SWEEP_ROWS = {
 }
 
 
-def _times(fn, runs, budget_s):
+def _times(fn, runs, budget_s, warm_up=True):
     """Run ``fn`` up to ``runs`` times (stopping after ``budget_s``); seconds per run."""
-    fn()  # warm-up: compile, caches, allocator
+    if warm_up:
+        fn()  # compile, caches, allocator
     out = []
     start = time.perf_counter()
     while len(out) < runs and (len(out) < 3 or time.perf_counter() - start < budget_s):
@@ -124,14 +125,17 @@ def movement_row(runs=100, budget_s=3.0):
         new = rebalance_experts(new_w, *cfg, old_phy2log=old)[0]
         return plan_migration(old, new, 32, 4)
 
-    ref = rebalance_experts(new_w, *cfg)[0]
+    def reference():
+        return rebalance_experts(new_w, *cfg)[0]
+
+    ref = reference()  # both warm up here, once
     moved = both()
     # Alternate blocks of the two, so that their ratio holds even while the
     # machine's speed drifts.
     mine, plain = [], []
     for _ in range(max(1, runs // 10)):
-        mine += _times(both, 10, budget_s / 20)
-        plain += _times(lambda: rebalance_experts(new_w, *cfg), 10, budget_s / 20)
+        mine += _times(both, 10, budget_s / 20, warm_up=False)
+        plain += _times(reference, 10, budget_s / 20, warm_up=False)
     out = {
         "movement_plus_migration": _summary(mine),
         "reference_alone": _summary(plain),
