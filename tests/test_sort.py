@@ -15,6 +15,7 @@ from eplb_numba._kernels.sort import (  # noqa: E402
     argsort_desc,
     heap_sort_desc,
     pack_keys,
+    rank_sort_desc,
 )
 
 from .introsort_model import killer_sequence  # noqa: E402
@@ -69,3 +70,18 @@ def test_heap_sort_alone_sorts_descending(rng):
 def test_negative_zero_ties_with_zero():
     keys = np.array([0.0, -0.0, 1.0, -0.0, 0.0] * 5, dtype=np.float32)
     np.testing.assert_array_equal(ours(keys), torchs(keys))
+
+
+@pytest.mark.parametrize("high", [1, 3, 1000])
+def test_rank_sort_orders_values_ignoring_ties(high, rng):
+    # The bound's sort: the same sequence of values as the exact sort, each
+    # index once, equal keys in any order; the packed key is the value's bits.
+    for n in [0, 1, 2, 7, 8, 9, 31, 32, 33, 72, 100, 288]:
+        keys = rng.integers(0, high, n).astype(np.float32)
+        keys[rng.random(n) < 0.1] = -0.0
+        packed = np.empty(n, dtype=np.int64)
+        rank_sort_desc(keys, packed, np.empty(n, dtype=np.int64))
+        order = packed & LOW
+        assert sorted(order.tolist()) == list(range(n))
+        np.testing.assert_array_equal(keys[order], keys[ours(keys)])
+        np.testing.assert_array_equal(packed >> 32, np.maximum(keys[order].view(np.int32), 0))

@@ -296,6 +296,25 @@ def rank_sort_desc(keys, packed, tmp):
     not depend on which of two equal items goes first).  ``tmp``: int64,
     ``len(keys)`` entries.
     """
-    pack_keys(keys, tmp)
-    # Packed keys are distinct: a key's place is the number of keys above it.
-    _rank_into(packed, 0, keys.shape[0], tmp, tmp, keys.shape[0])
+    n = keys.shape[0]
+    # Counted key against key, as 32-bit lanes (twice the lanes of packed
+    # int64 keys), and transposed: for each key u, every count at once, so
+    # the inner loop is a vector compare and subtract with no reduction.
+    counts = tmp.view(np.int32)
+    for t in range(2 * n):
+        counts[t] = 0
+    for u in range(n):
+        ku = keys[u]
+        for t in range(n):
+            counts[t] += keys[t] < ku
+    # Equal keys share a count c and take places c, c + 1, ... in turn;
+    # counts[n + c] holds how many of them are placed.
+    bits = keys.view(np.int32)
+    for t in range(n):
+        c = counts[t]
+        place = c + counts[_u(n + c)]
+        counts[_u(n + c)] += 1
+        b = bits[t]
+        if b < 0:  # -0.0 equals 0.0
+            b = 0
+        packed[_u(place)] = (np.int64(b) << 32) | t
