@@ -19,6 +19,9 @@ from .._jit import jit, unsigned as _u
 from .plan import LOCKSTEP_ROWS, greedy_block, pack_block, replicate_row
 from .sort import LOW, SORT_SCRATCH_EXTRA, SORT_SCRATCH_PER_ITEM, SORT_STACK_SIZE, argsort_desc, rank_sort_desc
 
+# Rows (layer, node) whose bounds are computed together, one per vector lane.
+BOUND_ROWS = 32
+
 
 @jit(inline="always")
 def _group_sums(w, num_groups, out):
@@ -63,8 +66,9 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     want_phyrank = phyrank.shape[0] == num_layers
     want_bounds = bounds.shape[0] == num_layers
     # Layers are planned a block at a time so that the greedy packing steps
-    # about LOCKSTEP_ROWS independent (layer, node) rows together.
-    block = max(1, LOCKSTEP_ROWS // num_nodes)
+    # about LOCKSTEP_ROWS independent (layer, node) rows together; in bounds
+    # mode BOUND_ROWS, the rows being the vector lanes of _busiest_rows.
+    block = max(1, (BOUND_ROWS if want_bounds else LOCKSTEP_ROWS) // num_nodes)
     rows = block * num_nodes
 
     packs = max(num_nodes, gpus_per_node)
@@ -93,7 +97,17 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     gpu_rank = np.empty((rows, phy_per_node), dtype=np.int64)
     share = np.empty((rows, phy_per_node)) if want_bounds else np.empty((0, phy_per_node))
     expert_share = np.empty(log_per_node)
-    slotted = np.empty(phy_per_node)
+    # Bounds mode: each row's replicas in visiting order, rows last (the
+    # vector lanes of _busiest_rows).
+    lanes = rows if want_bounds else 0
+    visit_w = np.empty((phy_per_node, lanes), dtype=np.float32)
+    visit_s = np.empty((phy_per_node, lanes))
+    gpu_w = np.empty((gpus_per_node, lanes), dtype=np.float32)
+    gpu_items = np.empty((gpus_per_node, lanes), dtype=np.int32)
+    gpu_s = np.empty((gpus_per_node, lanes))
+    picks = np.empty((phy_per_node, lanes), dtype=np.int32)
+    pick_w = np.empty(lanes, dtype=np.float32)
+    top = np.empty(lanes)
 
     for first in range(lo, hi, block):
         nb = min(block, hi - first)
@@ -138,28 +152,41 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
                         expert_share[j] = np.float64(tokens[j]) / cnt[j]
                     for k in range(phy_per_node):
                         share[row, k] = expert_share[_u(phy2mlog[row, k])]
-        # Step 3: each node's replicas to its GPUs (one greedy for both
-        # modes: the packing is inlined, and compiling it twice costs seconds).
+        # Step 3: each node's replicas to its GPUs.
         used = nb * num_nodes
-        if slots_per_gpu > 1:
-            for row in range(used):
-                if not (want_bounds and _sorted_for_sums(phy_load[row], share[row], order[row], scratch)):
-                    argsort_desc(phy_load[row], order[row], stack, scratch)
-        greedy_block(order[:used], phy_load[:used], gpus_per_node, gpu[:used], gpu_rank[:used], loads[:used],
-                     items[:used], heap[:used], True)
         for b in range(nb):
             for e in range(num_log):
                 logcnt[first + b, e] = mlogcnt[b, _u(log2mlog[b, e])]
         if want_bounds:
+            for row in range(used):
+                if slots_per_gpu > 1 and not _sorted_for_sums(phy_load[row], share[row], order[row], scratch):
+                    argsort_desc(phy_load[row], order[row], stack, scratch)
+            for row in range(used):
+                if slots_per_gpu > 1:
+                    for k in range(phy_per_node):
+                        t = _u(order[row, k] & LOW)
+                        visit_w[k, row] = phy_load[row, t]
+                        visit_s[k, row] = share[row, t]
+                else:
+                    # One replica per GPU: any order packs the same.
+                    for k in range(phy_per_node):
+                        visit_w[k, row] = phy_load[row, k]
+                        visit_s[k, row] = share[row, k]
+            _busiest_rows(visit_w, visit_s, used, slots_per_gpu, gpu_w, gpu_items, gpu_s, picks, pick_w, top)
             for b in range(nb):
-                top = 0.0
+                busiest = 0.0
                 for node in range(num_nodes):
-                    row = b * num_nodes + node
-                    top = max(top, _busiest(gpu[row], gpu_rank[row], share[row], gpus_per_node, slotted))
-                bounds[first + b] = top
+                    busiest = max(busiest, top[b * num_nodes + node])
+                bounds[first + b] = busiest
                 for g in range(num_groups):
                     split[first + b, g] = group_node[b, g]
             continue
+        # (The placement's greedy is inlined; compiling it twice costs seconds.)
+        if slots_per_gpu > 1:
+            for row in range(used):
+                argsort_desc(phy_load[row], order[row], stack, scratch)
+        greedy_block(order[:used], phy_load[:used], gpus_per_node, gpu[:used], gpu_rank[:used], loads[:used],
+                     items[:used], heap[:used], True)
         for b in range(nb):
             layer = first + b
             if want_log2phy:
@@ -193,20 +220,63 @@ def _sorted_for_sums(keys, share, packed, scratch):
 
 
 @jit(inline="always")
-def _busiest(gpu, gpu_rank, share, num_gpus, loads):
-    # Largest GPU load of one node's packing, each GPU summed in slot order
-    # (the order the packing filled it), as the placement would hold it.
-    # ``loads``: float64 scratch, one per replica.
-    per_gpu = gpu.shape[0] // num_gpus
-    for k in range(gpu.shape[0]):
-        loads[_u(gpu[k] * per_gpu + gpu_rank[k])] = share[k]
-    top = 0.0
+def _busiest_rows(visit_w, visit_s, rows, per_gpu, gpu_w, gpu_items, gpu_s, picks, pick_w, top):
+    """``top[r]``: the busiest GPU of row r's greedy packing, as the placement holds it.
+
+    Row r's replicas are visited in the order of ``visit_w[:, r]`` (float32
+    loads, which the packing compares) and ``visit_s[:, r]`` (float64 shares,
+    summed per GPU in the order it receives them, i.e. slot order).  Each
+    goes to the GPU of least float32 load among those with room, the lowest
+    index on equal load.  The first ``rows`` rows step together, the rows
+    being the vector lanes, and each choice is a select rather than a
+    branch.  Scratch: ``gpu_w``, ``gpu_items`` (int32), ``gpu_s`` [GPUs,
+    rows], ``picks`` [replicas, rows] (int32), ``pick_w`` [rows].
+    """
+    num_gpus = gpu_w.shape[0]
     for g in range(num_gpus):
-        s = 0.0
-        for q in range(g * per_gpu, (g + 1) * per_gpu):
-            s += loads[q]
-        top = max(top, s)
-    return top
+        for r in range(rows):
+            gpu_w[g, r] = 0  # a full GPU's load reads as inf
+            gpu_items[g, r] = 0
+            gpu_s[g, r] = 0
+    inf = np.float32(np.inf)
+    # Each loop writes few arrays, and loads every value it chooses from
+    # first: the vectoriser gives up on loops that need many overlap checks
+    # between arrays, and a load inside one arm of a choice stays a branch.
+    for k in range(visit_w.shape[0]):
+        pick = picks[k]
+        for r in range(rows):
+            pick_w[r] = inf
+            pick[r] = 0
+        for g in range(num_gpus):
+            g32 = np.int32(g)
+            for r in range(rows):
+                load = gpu_w[g, r]
+                best = pick_w[r]
+                best_g = pick[r]
+                # Strictly lighter, in index order: the lowest index wins ties.
+                lighter = load < best
+                pick_w[r] = load if lighter else best
+                pick[r] = g32 if lighter else best_g
+        for g in range(num_gpus):
+            g32 = np.int32(g)
+            for r in range(rows):
+                n = gpu_items[g, r]
+                n_new = n + np.int32(1)
+                gpu_items[g, r] = n_new if pick[r] == g32 else n
+            for r in range(rows):
+                w = gpu_w[g, r]
+                w_new = w + visit_w[k, r]
+                w = w_new if pick[r] == g32 else w
+                gpu_w[g, r] = inf if gpu_items[g, r] == per_gpu else w
+    # The shares, each GPU summed in the order it received them.
+    for k in range(visit_w.shape[0]):
+        for r in range(rows):
+            gpu_s[_u(picks[k, r]), r] += visit_s[k, r]
+    for r in range(rows):
+        top[r] = 0.0
+    for g in range(num_gpus):
+        for r in range(rows):
+            top[r] = max(top[r], gpu_s[g, r])
 
 
 @jit
