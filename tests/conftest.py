@@ -55,3 +55,25 @@ def random_config(rng: np.random.Generator):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261128)
+
+
+def slot_preservation_oracle(new, old, num_gpus):
+    """Each GPU's slots of ``new``, every expert that ``old`` had there in its old slot.
+
+    Old slots in order claim a copy of their expert if ``new`` still has one
+    on that GPU; the unclaimed experts of ``new`` fill the other slots in order.
+    """
+    out = new.copy()
+    per = new.shape[1] // num_gpus
+    for layer in range(new.shape[0]):
+        for g in range(num_gpus):
+            lo = g * per
+            fresh = list(new[layer, lo : lo + per])
+            kept = [None] * per
+            for s in range(per):
+                if old[layer, lo + s] in fresh:
+                    fresh.remove(old[layer, lo + s])
+                    kept[s] = old[layer, lo + s]
+            for s in range(per):
+                out[layer, lo + s] = kept[s] if kept[s] is not None else fresh.pop(0)
+    return out

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 import eplb_numba  # noqa: E402
 from eplb_numba import torch as eplb_torch  # noqa: E402
 
-from .conftest import make_loads  # noqa: E402
+from .conftest import make_loads, slot_preservation_oracle  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -62,23 +62,6 @@ def test_bad_tensors():
         eplb_torch.rebalance_experts(-torch.ones(2, 16), 16, 4, 2, 8)
 
 
-def python_slot_preservation(new, old, num_gpus):
-    out = new.copy()
-    per = new.shape[1] // num_gpus
-    for layer in range(new.shape[0]):
-        for g in range(num_gpus):
-            lo = g * per
-            fresh = list(new[layer, lo : lo + per])
-            kept = [None] * per
-            for s in range(per):
-                if old[layer, lo + s] in fresh:
-                    fresh.remove(old[layer, lo + s])
-                    kept[s] = old[layer, lo + s]
-            for s in range(per):
-                out[layer, lo + s] = kept[s] if kept[s] is not None else fresh.pop(0)
-    return out
-
-
 def test_policy_keeps_slots_of_experts_that_stay(rng):
     old_w = make_loads(rng, "uniform", (6, 64))
     old = eplb_numba.rebalance_experts(old_w, 80, 8, 2, 16)[0]
@@ -86,7 +69,7 @@ def test_policy_keeps_slots_of_experts_that_stay(rng):
     exact = eplb_numba.rebalance_experts(new_w, 80, 8, 2, 16)[0]
     got = eplb_torch.EplbNumbaPolicy.rebalance_experts(torch.from_numpy(new_w), 80, 8, 2, 16, torch.from_numpy(old))
     got = got[0] if isinstance(got, tuple) else got
-    np.testing.assert_array_equal(got.numpy(), python_slot_preservation(exact, old, 16))
+    np.testing.assert_array_equal(got.numpy(), slot_preservation_oracle(exact, old, 16))
     assert (got.numpy() == old).sum() > (exact == old).sum()
 
 

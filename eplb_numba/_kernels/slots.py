@@ -62,7 +62,29 @@ def preserve_slots(new_phy2log, old_phy2log, num_gpus, num_logical, out):
 def preserve_layer(new, old, num_gpus, num_logical, out, avail, skip):
     """``keep_slots`` over one layer's GPUs (``avail``, ``skip`` as there)."""
     per_gpu = new.shape[0] // num_gpus
+    for q in range(new.shape[0]):
+        out[q] = new[q]
     for g in range(num_gpus):
         start = g * per_gpu
-        keep_slots(new[start:start + per_gpu], old[start:start + per_gpu], out[start:start + per_gpu], num_logical,
-                   avail, skip)
+        stop = start + per_gpu
+        changed = False
+        for q in range(start, stop):
+            changed = changed | (new[q] != old[q])
+        if changed and not _slots_kept(new, old, start, stop):
+            keep_slots(new[start:stop], old[start:stop], out[start:stop], num_logical, avail, skip)
+
+
+@jit(inline="always")
+def _slots_kept(new, old, start, stop):
+    # Whether keep_slots would return new[start:stop] unchanged: true when
+    # no slot that changes expert holds, or held, an expert found on the
+    # other side.  Then every expert that stays is in the same slots in
+    # both, and the newcomers already fill the freed slots in order.  (Most
+    # GPUs of a movement-aware plan change no slot at all, and are not
+    # even looked at here.)
+    for q in range(start, stop):
+        if new[q] != old[q]:
+            for t in range(start, stop):
+                if old[t] == new[q] or new[t] == old[q]:
+                    return False
+    return True
