@@ -88,7 +88,7 @@ def _group_masks(p2l, group_of, num_nodes, masks):
         for k in range(masks.shape[1]):
             m = np.uint64(0)
             for q in range(node * per_node, (node + 1) * per_node):
-                g = group_of[_u(p2l[q])]
+                g = group_of[_u(p2l[_u(q)])]
                 m |= (one << np.uint64(g & 63)) if g >> 6 == k else np.uint64(0)
             masks[node, k] = m
 
@@ -225,7 +225,7 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
             _group_masks(old[layer], group_of, num_nodes, masks)
             if _old_split(masks, num_groups, group_node, per):
                 for e in range(num_logical):
-                    node_target[e] = group_node[group_of[e]]
+                    node_target[e] = group_node[_u(group_of[e])]
                 _split_masks(split[layer], ref_masks)
                 if _same_split(ref_masks, masks):
                     # The reference's own replica counts (the common case
@@ -241,10 +241,10 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
                     h = 1
         if h == 0:
             for e in range(num_logical):
-                node_of[e] = split[layer, group_of[e]]
+                node_of[e] = split[layer, _u(group_of[e])]
             node_relabel(old[layer], node_of, num_nodes, perm)
             for e in range(num_logical):
-                node_target[e] = perm[node_of[e]]
+                node_target[e] = perm[_u(node_of[e])]
             if movement_layer(ref_share, old[layer], ref_cnt[layer], node_target, num_gpus, num_nodes, bound,
                               avoid_dup, moved, loads, fscratch, iscratch):
                 h = 2

@@ -25,7 +25,7 @@ def layer_loads(p2l, share, per_gpu, loads):
     for g in range(loads.shape[0]):
         s = 0.0
         for q in range(g * per_gpu, (g + 1) * per_gpu):
-            s += share[_u(p2l[q])]
+            s += share[_u(p2l[_u(q)])]
         loads[g] = s
 
 
@@ -46,21 +46,21 @@ def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, av
     best_s = -1
     best_t = -1
     for s in range(g * per_gpu, (g + 1) * per_gpu):
-        es = out[s]
-        ls = slot_load[s]
+        es = out[_u(s)]
+        ls = slot_load[_u(s)]
         for h in range(first_gpu, last_gpu):
             if h == g:
                 continue
             base_g = loads[g] - ls
             base_h = loads[h] + ls
             for t in range(h * per_gpu, (h + 1) * per_gpu):
-                lt = slot_load[t]
+                lt = slot_load[_u(t)]
                 if lt >= ls:
                     continue
                 m = max(base_g + lt, base_h - lt)
                 if m >= limit or m >= best:
                     continue
-                et = out[t]
+                et = out[_u(t)]
                 if et == es:
                     continue
                 if avoid_dup and (_holds(out, g * per_gpu, per_gpu, et, s) or _holds(out, h * per_gpu, per_gpu, es, t)):
@@ -150,18 +150,19 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
     for g in range(num_gpus):
         node = g // gpus_per_node
         for q in range(g * per_gpu, (g + 1) * per_gpu):
-            e = old[q]
+            e = old[_u(q)]
             if node_target[_u(e)] != node or need[_u(e)] == 0:
                 continue
             if avoid_dup and _holds(out, g * per_gpu, per_gpu, e, q):
                 continue
-            out[q] = e
+            out[_u(q)] = e
             need[_u(e)] -= 1
     for g in range(num_gpus):
         s = 0.0
         for q in range(g * per_gpu, (g + 1) * per_gpu):
-            if out[q] >= 0:
-                s += share[_u(out[q])]
+            e = out[_u(q)]
+            if e >= 0:
+                s += share[_u(e)]
         loads[g] = s
     # Missing replicas, heaviest first, each to the lightest GPU with room.
     missing = 0
