@@ -211,12 +211,14 @@ def _sorted_for_sums(keys, share, packed, scratch):
     # float64 shares (distinct loads that round to one float32), whose order
     # would change the sums: then only the reference's order will do.
     rank_sort_desc(keys, packed, scratch)
+    # Checked without branches (``&``, not ``and``): equal neighbours, the
+    # replicas of one expert among them, come at unpredictable places.
+    clash = False
     for k in range(1, keys.shape[0]):
         a = packed[k - 1]
         b = packed[k]
-        if (a ^ b) & ~LOW == 0 and share[_u(a & LOW)] != share[_u(b & LOW)]:
-            return False
-    return True
+        clash = clash | (((a ^ b) & ~LOW == 0) & (share[_u(a & LOW)] != share[_u(b & LOW)]))
+    return not clash
 
 
 @jit(inline="always")
