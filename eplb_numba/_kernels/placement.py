@@ -157,10 +157,13 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
         for b in range(nb):
             for e in range(num_log):
                 logcnt[first + b, e] = mlogcnt[b, _u(log2mlog[b, e])]
-        if want_bounds:
+        # One call of the exact sort for both modes: it is inlined, and
+        # compiling it twice costs seconds.
+        if slots_per_gpu > 1:
             for row in range(used):
-                if slots_per_gpu > 1 and not _sorted_for_sums(phy_load[row], share[row], order[row], scratch):
+                if not (want_bounds and _sorted_for_sums(phy_load[row], share[row], order[row], scratch)):
                     argsort_desc(phy_load[row], order[row], stack, scratch)
+        if want_bounds:
             for row in range(used):
                 if slots_per_gpu > 1:
                     for k in range(phy_per_node):
@@ -181,10 +184,6 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
                 for g in range(num_groups):
                     split[first + b, g] = group_node[b, g]
             continue
-        # (The placement's greedy is inlined; compiling it twice costs seconds.)
-        if slots_per_gpu > 1:
-            for row in range(used):
-                argsort_desc(phy_load[row], order[row], stack, scratch)
         greedy_block(order[:used], phy_load[:used], gpus_per_node, gpu[:used], gpu_rank[:used], loads[:used],
                      items[:used], heap[:used], True)
         for b in range(nb):
@@ -221,7 +220,7 @@ def _sorted_for_sums(keys, share, packed, scratch):
     return not clash
 
 
-@jit(inline="always")
+@jit
 def _busiest_rows(visit_w, visit_s, rows, per_gpu, gpu_w, gpu_items, gpu_s, picks, pick_w, top):
     """``top[r]``: the busiest GPU of row r's greedy packing, as the placement holds it.
 
