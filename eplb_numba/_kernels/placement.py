@@ -236,7 +236,7 @@ def _busiest_rows(visit_w, visit_s, rows, per_gpu, gpu_w, gpu_items, gpu_s, pick
     num_gpus = gpu_w.shape[0]
     for g in range(num_gpus):
         for r in range(rows):
-            gpu_w[g, r] = 0  # a full GPU's load reads as inf
+            gpu_w[g, r] = 0  # set to inf once the GPU is full: never lighter
             gpu_items[g, r] = 0
             gpu_s[g, r] = 0
     inf = np.float32(np.inf)

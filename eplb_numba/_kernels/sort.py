@@ -293,8 +293,9 @@ def rank_sort_desc(keys, packed, tmp):
     """``argsort_desc`` with ties in no particular order, branch-free.
 
     For callers that only need the sequence of values (a packing's loads do
-    not depend on which of two equal items goes first).  ``tmp``: int64,
-    ``len(keys)`` entries.
+    not depend on which of two equal items goes first).  ``tmp``: contiguous
+    int64 scratch of at least ``len(keys)`` entries, read as twice as many
+    int32 counts.
     """
     n = keys.shape[0]
     # Counted key against key, as 32-bit lanes (twice the lanes of packed
