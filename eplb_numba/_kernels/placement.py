@@ -93,8 +93,10 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     rank = np.empty((rows, phy_per_node), dtype=np.int64)
     phy_load = np.empty((rows, phy_per_node), dtype=np.float32)
     order = np.empty((rows, phy_per_node), dtype=np.int64)
-    gpu = np.empty((rows, phy_per_node), dtype=np.int64)
-    gpu_rank = np.empty((rows, phy_per_node), dtype=np.int64)
+    # The placement's GPU and slot of each replica; bounds mode keeps sums only.
+    placed = 0 if want_bounds else rows
+    gpu = np.empty((placed, phy_per_node), dtype=np.int64)
+    gpu_rank = np.empty((placed, phy_per_node), dtype=np.int64)
     share = np.empty((rows, phy_per_node)) if want_bounds else np.empty((0, phy_per_node))
     expert_share = np.empty(log_per_node)
     # Bounds mode: each row's replicas in visiting order, rows last (the
