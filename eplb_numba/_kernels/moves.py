@@ -145,31 +145,37 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         need[e] = cnt[e]
     for q in range(num_phy):
         out[q] = -1
-    # Keep every old replica that is still wanted on its node.  (Loops per
-    # GPU: a 64-bit division per slot cost more than the rest of the pass.)
-    for g in range(num_gpus):
-        node = g // gpus_per_node
-        for q in range(g * per_gpu, (g + 1) * per_gpu):
-            e = old[_u(q)]
-            if node_target[_u(e)] != node or need[_u(e)] == 0:
-                continue
-            if avoid_dup and _holds(out, g * per_gpu, per_gpu, e, q):
-                continue
-            out[_u(q)] = e
-            need[_u(e)] -= 1
-    for g in range(num_gpus):
-        s = 0.0
-        for q in range(g * per_gpu, (g + 1) * per_gpu):
-            e = out[_u(q)]
-            if e >= 0:
+    # Keep every old replica that is still wanted on its node, and sum each
+    # GPU's kept load in slot order.  (Loops per node and GPU, so that no
+    # slot or GPU pays a 64-bit division for its node.)
+    for node in range(num_nodes):
+        for g in range(node * gpus_per_node, (node + 1) * gpus_per_node):
+            s = 0.0
+            for q in range(g * per_gpu, (g + 1) * per_gpu):
+                e = old[_u(q)]
+                if node_target[_u(e)] != node or need[_u(e)] == 0:
+                    continue
+                if avoid_dup and _holds(out, g * per_gpu, per_gpu, e, q):
+                    continue
+                out[_u(q)] = e
+                need[_u(e)] -= 1
                 s += share[_u(e)]
-        loads[g] = s
+            loads[g] = s
     # Missing replicas, heaviest first, each to the lightest GPU with room.
+    # After a small drift few experts miss one: find them a block at a time
+    # (``need`` is never negative, so an OR tells whether a block has any).
     missing = 0
-    for e in range(num_logical):
-        for _ in range(need[e]):
-            todo[missing] = e
-            missing += 1
+    for lo in range(0, num_logical, 64):
+        hi = min(lo + 64, num_logical)
+        wanted = 0
+        for e in range(lo, hi):
+            wanted |= need[_u(e)]
+        if wanted == 0:
+            continue
+        for e in range(lo, hi):
+            for _ in range(need[e]):
+                todo[missing] = e
+                missing += 1
     if missing <= _FEW_MISSING:
         # The usual handful after a small drift: a stable insertion sort in
         # place, without the allocation of argsort.

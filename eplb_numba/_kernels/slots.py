@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import jit
+from .._jit import jit, unsigned as _u
 
 
 @jit(inline="always")
@@ -64,14 +64,20 @@ def preserve_layer(new, old, num_gpus, num_logical, out, avail, skip):
     per_gpu = new.shape[0] // num_gpus
     for q in range(new.shape[0]):
         out[q] = new[q]
-    for g in range(num_gpus):
-        start = g * per_gpu
-        stop = start + per_gpu
-        changed = False
-        for q in range(start, stop):
-            changed = changed | (new[q] != old[q])
-        if changed and not _slots_kept(new, old, start, stop):
-            keep_slots(new[start:stop], old[start:stop], out[start:stop], num_logical, avail, skip)
+    # One pass over the slots, not a loop per GPU: most GPUs of a
+    # movement-aware plan change no slot, and a changed slot is rare enough
+    # for its branch to be predicted.  A GPU's slots are adjacent, so each
+    # changed GPU is met once.
+    done = -1
+    for q in range(new.shape[0]):
+        if new[_u(q)] != old[_u(q)]:
+            g = q // per_gpu
+            if g != done:
+                done = g
+                start = g * per_gpu
+                stop = start + per_gpu
+                if not _slots_kept(new, old, start, stop):
+                    keep_slots(new[start:stop], old[start:stop], out[start:stop], num_logical, avail, skip)
 
 
 @jit(inline="always")
