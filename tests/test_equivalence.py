@@ -89,6 +89,23 @@ def test_replicate_experts(dtype, rng):
                 assert_same(eplb_torch.replicate_experts(torch.from_numpy(w), n + extra), expected)
 
 
+def test_replicate_few_extras(rng):
+    # Up to 32 extra replicas (and fewer than the experts) the candidates
+    # are found by a branch-free top-k: every extra count, with expert
+    # counts that are and are not multiples of it, on every kind of load.
+    cases = 0
+    for extra in range(1, 33):
+        for n in {extra + 1, 2 * extra, 2 * extra + 3, 64, 97}:
+            if n <= extra:
+                continue
+            for kind in LOAD_KINDS:
+                w = make_loads(rng, kind, (2, n)).astype(np.float32)
+                expected = _oracle.replicate_experts(torch.from_numpy(w), n + extra)
+                assert_same(eplb_numba.replicate_experts(w, n + extra), expected)
+                cases += 1
+    assert cases > 1000
+
+
 def test_integer_replicate_reads_float32(rng):
     # torch promotes int / int to float32, so integer loads divide as float32.
     w = rng.integers(0, 2**30, (6, 40))

@@ -18,7 +18,7 @@ from .._jit import jit, unsigned as _u
 from .assign import max_assignment
 from .moves import _holds, dedupe, layer_loads, movement_layer
 from .placement import place_layers, slot_order_layer
-from .plan import replicate_row
+from .plan import REPLICATE_SCRATCH_PER_ITEM, replicate_row
 from .slots import keep_slots, preserve_layer
 
 
@@ -199,7 +199,7 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
     scratch_cnt = np.empty(num_logical, dtype=np.int64)
     cntf = np.empty(num_logical, dtype=np.float32)
     ratio = np.empty(num_logical, dtype=np.float32)
-    heap = np.empty(num_logical, dtype=np.int64)
+    heap = np.empty(REPLICATE_SCRATCH_PER_ITEM * num_logical + 1, dtype=np.int64)
     group_of = np.empty(num_logical, dtype=np.int64)
     group_size = num_logical // num_groups
     for g in range(num_groups):

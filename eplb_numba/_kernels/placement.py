@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from .._jit import jit, unsigned as _u
-from .plan import LOCKSTEP_ROWS, greedy_block, pack_block, replicate_row
+from .plan import LOCKSTEP_ROWS, REPLICATE_SCRATCH_PER_ITEM, greedy_block, pack_block, replicate_row
 from .sort import LOW, SORT_SCRATCH_EXTRA, SORT_SCRATCH_PER_ITEM, SORT_STACK_SIZE, argsort_desc, rank_sort_desc
 
 # Rows (layer, node) whose bounds are computed together, one per vector lane.
@@ -88,7 +88,7 @@ def place_range(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, ph
     tokens = np.empty(log_per_node, dtype=np.float32)
     cntf = np.empty(log_per_node, dtype=np.float32)
     ratio = np.empty(log_per_node, dtype=np.float32)
-    candidates = np.empty(log_per_node, dtype=np.int64)
+    candidates = np.empty(REPLICATE_SCRATCH_PER_ITEM * log_per_node + 1, dtype=np.int64)
     phy2mlog = np.empty((rows, phy_per_node), dtype=np.int64)
     rank = np.empty((rows, phy_per_node), dtype=np.int64)
     phy_load = np.empty((rows, phy_per_node), dtype=np.float32)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import jit
+from .._jit import jit, unsigned as _u
 from .sort import LOW, SORT_SCRATCH_PER_ITEM, SORT_SCRATCH_EXTRA, SORT_STACK_SIZE, argsort_desc
 
 # Up to this many packs a branch-free scan beats a heap.
@@ -115,6 +115,51 @@ def _greedy_scan_f32(order, weights, num_packs, per_pack, pack_index, rank_in_pa
 
 
 @jit(inline="always")
+def _top_k(weights, k, cand_w, chunk_max, heap):
+    # heap[:k] = the k heaviest of the n weights, heaviest first and the
+    # lowest index first on equal weight, without data-dependent branches
+    # (an insertion that tested each weight mispredicted about 40 times a
+    # row).  Chunk j holds the weights j, j + k, j + 2k, ...: its maximum is
+    # an expert of its own, so the k chunk maxima are k experts and the k-th
+    # heaviest weighs at least the least of them, t0.  The experts from t0
+    # up (a few more than k, for skewed loads) are kept in index order and
+    # ranked against each other by counting, as ``sort.rank_sort_desc``
+    # does.  Scratch: ``cand_w``, ``chunk_max`` n long; ``heap`` as
+    # ``replicate_row`` needs it.
+    n = weights.shape[0]
+    for j in range(k):
+        chunk_max[j] = weights[j]
+    for base in range(k, n, k):
+        for j in range(min(k, n - base)):
+            chunk_max[j] = max(chunk_max[j], weights[_u(base + j)])
+    t0 = chunk_max[0]
+    for j in range(1, k):
+        t0 = min(t0, chunk_max[j])
+    cand = n + 1  # candidates' expert ids in heap[cand:cand + m]
+    m = 0
+    for e in range(n):
+        w = weights[e]
+        cand_w[m] = w
+        heap[_u(cand + m)] = e
+        m += w >= t0
+    # counts in heap[cnt:cnt + m]: how many candidates weigh more; then in
+    # heap[cnt + m + c], how many of those that share count c are placed.
+    cnt = 2 * n + 1
+    for t in range(2 * m):
+        heap[_u(cnt + t)] = 0
+    for u in range(m):
+        wu = cand_w[u]
+        for t in range(m):
+            heap[_u(cnt + t)] += cand_w[t] < wu
+    for t in range(m):
+        c = heap[_u(cnt + t)]
+        place = c + heap[_u(cnt + m + c)]
+        heap[_u(cnt + m + c)] += 1
+        # Places from k on go to heap[k], a slot nobody reads.
+        heap[_u(min(place, k))] = heap[_u(cand + t)]
+
+
+@jit(inline="always")
 def pack_block(keys, weights, num_packs, pack_index, rank_in_pack, order, loads, items, heap, stack, scratch,
                f32_loads):
     """Balanced packing of each row's ``n`` items into ``num_packs`` equal packs.
@@ -153,12 +198,17 @@ def greedy_block(order, weights, num_packs, pack_index, rank_in_pack, loads, ite
                          items[r], heap[r])
 
 
+# Scratch words ``replicate_row`` needs in ``heap`` for n experts: REPLICATE_SCRATCH_PER_ITEM * n + 1.
+REPLICATE_SCRATCH_PER_ITEM = 4
+
+
 @jit(inline="always")
 def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
     """Give ``num_phy - n`` extra replicas to the ``n`` experts of one row.
 
-    ``cntf`` and ``ratio`` are scratch of ``weights``' dtype, ``heap`` int64,
-    each at least ``n`` long.
+    ``cntf`` and ``ratio`` are scratch of ``weights``' dtype, at least ``n``
+    long; ``heap`` int64 scratch, at least ``REPLICATE_SCRATCH_PER_ITEM * n +
+    1`` long.
     """
     num_log = weights.shape[0]
     extras = num_phy - num_log
@@ -171,28 +221,9 @@ def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
     if extras <= _SCAN_EXTRAS and extras < num_log:
         # Within k picks only the k heaviest experts (lowest index first on
         # equal load) can be picked: an expert's first pick needs every
-        # expert ahead of it to have been picked already.  Keep those k,
-        # heaviest first, and scan them for each pick.  The first k fill
-        # the list; after that an expert must beat the lightest kept one,
-        # held in a register (reloading it through the list for every
-        # expert cost about 40% of replication).
-        for e in range(extras):
-            w = weights[e]
-            pos = e
-            while pos > 0 and w > weights[heap[pos - 1]]:
-                heap[pos] = heap[pos - 1]
-                pos -= 1
-            heap[pos] = e
-        lightest = weights[heap[extras - 1]]
-        for e in range(extras, num_log):
-            w = weights[e]
-            if w > lightest:
-                pos = extras - 1
-                while pos > 0 and w > weights[heap[pos - 1]]:
-                    heap[pos] = heap[pos - 1]
-                    pos -= 1
-                heap[pos] = e
-                lightest = weights[heap[extras - 1]]
+        # expert ahead of it to have been picked already.  Find those k,
+        # heaviest first, then scan them for each pick.
+        _top_k(weights, extras, cntf, ratio, heap)
         for c in range(extras):
             e = heap[c]
             cntf[c] = 1
@@ -253,6 +284,6 @@ def replicate_rows(weights, num_phy, phy2log, rank, logcnt):
     rows, num_log = weights.shape
     cntf = np.empty(num_log, dtype=weights.dtype)
     ratio = np.empty(num_log, dtype=weights.dtype)
-    heap = np.empty(num_log, dtype=np.int64)
+    heap = np.empty(REPLICATE_SCRATCH_PER_ITEM * num_log + 1, dtype=np.int64)
     for r in range(rows):
         replicate_row(weights[r], num_phy, phy2log[r], rank[r], logcnt[r], cntf, ratio, heap)
