@@ -45,10 +45,10 @@ def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo
         for g in range(num_gpus):
             stamp += 1
             for k in range(g * per_gpu, (g + 1) * per_gpu):
-                on_gpu[_u(old[layer, k])] = stamp
+                on_gpu[_u(old[layer, _u(k)])] = stamp
             node = g // gpus_per_node
             for q in range(g * per_gpu, (g + 1) * per_gpu):
-                e = new[layer, q]
+                e = new[layer, _u(q)]
                 if on_gpu[_u(e)] == stamp:
                     continue
                 best = -1
