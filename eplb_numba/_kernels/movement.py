@@ -212,7 +212,6 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
     fscratch = np.empty(2 * num_phy)
     iscratch = np.empty(num_logical + 2 * num_phy, dtype=np.int64)
     moved = np.empty(num_phy, dtype=np.int64)
-    rank = np.empty(num_phy, dtype=np.int64)
     avail = np.zeros(num_logical, dtype=np.int64)
     skip = np.zeros(num_logical, dtype=np.int64)
     for layer in range(lo, hi):
@@ -264,7 +263,7 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
         # Swaps can carry an expert off a GPU and another replica of it back
         # in a different slot: put every stayer back in its old slot.
         preserve_layer(moved, old[layer], num_gpus, num_logical, out[layer], avail, skip)
-        slot_order_layer(out[layer], rank, log2phy[layer], logcnt[layer])
+        slot_order_layer(out[layer], log2phy[layer], logcnt[layer])
 
 
 @jit

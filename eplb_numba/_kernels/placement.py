@@ -309,14 +309,6 @@ def clear_table(table):
             table[e, k] = -1
 
 
-@jit(inline="always")
-def fill_log2phy_layer(phy2log, phyrank, table):
-    """One layer: ``table[phy2log[q], phyrank[q]] = q``, every other entry -1."""
-    clear_table(table)
-    for q in range(phy2log.shape[0]):
-        table[_u(phy2log[q]), _u(phyrank[q])] = q
-
-
 @jit
 def slot_order_maps(phy2log, log2phy, logcnt):
     """``log2phy`` and ``logcnt`` of any placement, replica ranks in slot order.
@@ -324,17 +316,19 @@ def slot_order_maps(phy2log, log2phy, logcnt):
     For placements other than the reference's own, whose ranks come from the
     order replication made the replicas.
     """
-    rank = np.empty(phy2log.shape[1], dtype=np.int64)
     for layer in range(phy2log.shape[0]):
-        slot_order_layer(phy2log[layer], rank, log2phy[layer], logcnt[layer])
+        slot_order_layer(phy2log[layer], log2phy[layer], logcnt[layer])
 
 
 @jit(inline="always")
-def slot_order_layer(phy2log, rank, table, counts):
-    """One layer of ``slot_order_maps``; ``rank`` is scratch as long as ``phy2log``."""
+def slot_order_layer(phy2log, table, counts):
+    """One layer of ``slot_order_maps``: ``table[e, r]`` the slot of e's r-th replica."""
+    clear_table(table)
     counts[:] = 0
+    # Each replica's rank is its expert's count so far, used at once: no
+    # second pass over the slots.
     for q in range(phy2log.shape[0]):
         e = _u(phy2log[q])
-        rank[q] = counts[e]
-        counts[e] += 1
-    fill_log2phy_layer(phy2log, rank, table)
+        r = counts[e]
+        counts[e] = r + 1
+        table[e, _u(r)] = q
