@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import jit, unsigned as _u
-from .sort import LOW, SORT_SCRATCH_PER_ITEM, SORT_SCRATCH_EXTRA, SORT_STACK_SIZE, argsort_desc
+from .sort import LOW, SORT_SCRATCH_PER_ITEM, SORT_SCRATCH_EXTRA, SORT_STACK_SIZE, argsort_desc, count_greater, next_place
 
 # Up to this many packs a branch-free scan beats a heap.
 _SCAN_PACKS = 256
@@ -124,8 +124,8 @@ def _top_k(weights, k, cand_w, chunk_max, heap):
     # expert of its own, so the k chunk maxima are k experts and the k-th
     # heaviest weighs at least the least of them, t0.  The experts from t0
     # up (usually a few more than k; all n when every weight is equal) are
-    # kept in index order and ranked against each other by counting, as
-    # ``sort.rank_sort_desc`` does.  Scratch: ``cand_w``, ``chunk_max`` n
+    # kept in index order and ranked against each other by counting
+    # (``sort.count_greater``, ``sort.next_place``).  Scratch: ``cand_w``, ``chunk_max`` n
     # long; ``heap`` as ``replicate_row`` needs it.
     n = weights.shape[0]
     for j in range(k):
@@ -143,21 +143,11 @@ def _top_k(weights, k, cand_w, chunk_max, heap):
         cand_w[m] = w
         heap[_u(cand + m)] = e
         m += w >= t0
-    # counts in heap[cnt:cnt + m]: how many candidates weigh more; then in
-    # heap[cnt + m + c], how many of those that share count c are placed.
-    cnt = 2 * n + 1
-    for t in range(2 * m):
-        heap[_u(cnt + t)] = 0
-    for u in range(m):
-        wu = cand_w[u]
-        for t in range(m):
-            heap[_u(cnt + t)] += cand_w[t] < wu
+    counts = heap[2 * n + 1:2 * n + 1 + 2 * m]
+    count_greater(cand_w[:m], counts)
     for t in range(m):
-        c = heap[_u(cnt + t)]
-        place = c + heap[_u(cnt + m + c)]
-        heap[_u(cnt + m + c)] += 1
         # Places from k on go to heap[k], a slot nobody reads.
-        heap[_u(min(place, k))] = heap[_u(cand + t)]
+        heap[_u(min(next_place(counts, m, t), k))] = heap[_u(cand + t)]
 
 
 @jit(inline="always")

@@ -289,33 +289,50 @@ def argsort_desc(keys, packed, stack, scratch):
 
 
 @jit(inline="always")
-def rank_sort_desc(keys, packed, tmp):
-    """``argsort_desc`` with ties in no particular order, branch-free.
+def count_greater(keys, counts):
+    """``counts[t]``: how many keys exceed ``keys[t]``; ``counts[n:2 n]`` zeroed.
 
-    For callers that only need the sequence of values (a packing's loads do
-    not depend on which of two equal items goes first).  ``tmp``: contiguous
-    int64 scratch of at least ``len(keys)`` entries, read as twice as many
-    int32 counts.
+    Branch-free.  The second half is for ``next_place``, which turns the
+    counts into places, equal keys in index order.  ``counts``: integer
+    scratch of at least ``2 n`` entries, ``n = len(keys)``.
     """
     n = keys.shape[0]
-    # Counted key against key, as 32-bit lanes (twice the lanes of packed
-    # int64 keys), and transposed: for each key u, every count at once, so
-    # the inner loop is a vector compare and subtract with no reduction.
-    counts = tmp.view(np.int32)
+    # Transposed: for each key u, every count at once, so the inner loop is
+    # a vector compare and subtract with no reduction.
     for t in range(2 * n):
         counts[t] = 0
     for u in range(n):
         ku = keys[u]
         for t in range(n):
             counts[t] += keys[t] < ku
-    # Equal keys share a count c and take places c, c + 1, ... in turn;
-    # counts[n + c] holds how many of them are placed.
+
+
+@jit(inline="always")
+def next_place(counts, n, t):
+    """Place of key t (taken in index order) in a descending sort of the n keys
+    ``count_greater`` counted: equal keys share a count c and take places c,
+    c + 1, ... in turn, counted in ``counts[n + c]``."""
+    c = counts[t]
+    place = c + counts[_u(n + c)]
+    counts[_u(n + c)] += 1
+    return place
+
+
+@jit(inline="always")
+def rank_sort_desc(keys, packed, tmp):
+    """``argsort_desc`` with ties in no particular order, branch-free.
+
+    For callers that only need the sequence of values (a packing's loads do
+    not depend on which of two equal items goes first).  ``tmp``: contiguous
+    int64 scratch of at least ``len(keys)`` entries, read as twice as many
+    int32 counts (twice the vector lanes of int64 ones).
+    """
+    n = keys.shape[0]
+    counts = tmp.view(np.int32)
+    count_greater(keys, counts)
     bits = keys.view(np.int32)
     for t in range(n):
-        c = counts[t]
-        place = c + counts[_u(n + c)]
-        counts[_u(n + c)] += 1
         b = bits[t]
         if b < 0:  # -0.0 equals 0.0
             b = 0
-        packed[_u(place)] = (np.int64(b) << 32) | t
+        packed[_u(next_place(counts, n, t))] = (np.int64(b) << 32) | t
