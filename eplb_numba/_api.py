@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import parallel_threads, run_by_layers
-from ._kernels.placement import place_layers, place_layers_parallel, slot_order_maps
+from ._jit import run_by_layers
+from ._kernels.placement import place_layers, slot_order_maps
 from ._kernels.plan import pack_rows, replicate_rows
 from ._validate import as_count, as_weight, check_layout
 
@@ -22,15 +22,15 @@ _NO_SUMS = np.empty((0, 0), dtype=np.float32)
 _NO_LOG2PHY = np.empty((0, 0, 0), dtype=np.int64)
 # Zero layers: the kernel skips the replica ranks (log2phy holds them).
 _NO_RANKS = np.empty((0, 0), dtype=np.int64)
-# Zero layers: the kernel places instead of bounding (see ref_bounds).
-_NO_BOUNDS = np.empty(0)
+# Zero layers: the kernel skips each group's node.
 _NO_SPLIT = np.empty((0, 0), dtype=np.int64)
 
 
-def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None, ranks=True):
+def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None, ranks=True, split=_NO_SPLIT):
     """One kernel call for the whole plan; ``out`` takes preallocated (phy2log, logcnt).
 
     Returns ``(phy2log, phyrank, logcnt)``; ``phyrank`` is None unless ``ranks``.
+    ``split`` [layers, groups], if given, receives each group's node.
     """
     groups, nodes, group_sums = _policy_shape(layout, group_sums)
     if out is None:
@@ -42,9 +42,8 @@ def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None, ranks=True
         phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
     else:
         phyrank = _NO_RANKS
-    run_by_layers(place_layers, place_layers_parallel, layout.num_layers,
-                  w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, _NO_BOUNDS,
-                  _NO_SPLIT)
+    run_by_layers(place_layers, layout.num_layers,
+                  w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, split)
     return phy2log, phyrank if ranks else None, logcnt
 
 
@@ -59,23 +58,17 @@ def _policy_shape(layout, group_sums):
     return groups, nodes, group_sums
 
 
-def ref_bounds(w, layout, group_sums=None):
-    """What the movement-aware plan needs of the reference, without placing.
+def ref_plan(w, layout, group_sums=None):
+    """What the movement-aware plan needs of the reference.
 
-    Returns ``(bounds, logcnt, split)``: per layer the reference's busiest
-    GPU load (float64, each GPU summed slot by slot as the movement kernels
-    sum loads), its replica counts, and the node of each expert group
-    (``[layers, 1]`` of zeros for the global policy).
+    Returns ``(phy2log, logcnt, split)``: the reference's placement, its
+    replica counts, and the node of each expert group (``[layers, 1]`` of
+    zeros for the global policy).
     """
-    groups, nodes, group_sums = _policy_shape(layout, group_sums)
-    bounds = np.empty(layout.num_layers)
-    logcnt = np.empty((layout.num_layers, layout.num_logical), dtype=np.int64)
+    groups = layout.num_groups if layout.hierarchical else 1
     split = np.empty((layout.num_layers, groups), dtype=np.int64)
-    no_places = np.empty((0, layout.num_replicas), dtype=np.int64)
-    run_by_layers(place_layers, place_layers_parallel, layout.num_layers,
-                  w, group_sums, groups, nodes, layout.num_gpus, no_places, _NO_RANKS, logcnt, _NO_LOG2PHY, bounds,
-                  split)
-    return bounds, logcnt, split
+    phy2log, _, logcnt = _place(w, layout, group_sums, ranks=False, split=split)
+    return phy2log, logcnt, split
 
 
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, old_phy2log=None,
@@ -214,7 +207,7 @@ def balanced_packing(weight, num_packs):
     rank_in_pack = np.empty((rows, n), dtype=np.int64)
     if rows and n:
         keys = w if w.dtype == np.float32 else w.astype(np.float32)
-        pack_rows(keys, w, num_packs, pack_index, rank_in_pack, w.dtype == np.float32)
+        pack_rows(keys, w, num_packs, pack_index, rank_in_pack)
     return pack_index, rank_in_pack
 
 
@@ -286,54 +279,65 @@ def empty_maps(num_layers, num_phy, num_logical):
     return log2phy, np.empty((num_layers, num_logical), dtype=np.int64)
 
 
-def warmup(parallel: bool | None = None) -> float:
+def _warmup_steps():
+    """``(what, call)`` pairs that between them compile every kernel, for ``warmup``.
+
+    Inputs of every kind reach the kernels as the same array types (the
+    wrappers copy what is read-only, strided or of another dtype), so one
+    call per kernel and dtype covers them; threads run the same kernels.
+    """
+    from ._movement import plan_migration
+
+    w = np.arange(2 * 16, dtype=np.float32).reshape(2, 16)
+    layout = check_layout(w.shape, 24, 4, 2, 8)
+    sums = w.reshape(2, 4, 4).sum(-1)
+    p2l = rebalance_experts(w, 24, 4, 2, 8)[0]
+    old = p2l[::-1].copy()
+
+    def movement():
+        for nodes, gpus in ((2, 8), (3, 6)):  # hierarchical and global
+            moved = rebalance_experts(w, 24, 4, nodes, gpus, old_phy2log=old, avoid_duplicates=True)[0]
+            plan_migration(old, moved, gpus, nodes)
+
+    return [
+        ("plan", lambda: (rebalance_experts(w, 24, 4, 2, 8), _rebalance(w, layout, sums),
+                          rebalance_experts_hierarchical(w, 24, 4, 2, 8))),
+        ("packing and replication helpers", lambda: [
+            (balanced_packing(w.astype(dt), 4), replicate_experts(w.astype(dt), 20))
+            for dt in (np.float32, np.float64, np.int64)]),
+        ("slot preservation", lambda: _preserve_slots(p2l, old, 8, 16)),
+        ("movement-aware plans and migration", movement),
+        ("duplicate avoidance", lambda: rebalance_experts(w, 24, 4, 2, 8, avoid_duplicates=True)),
+    ]
+
+
+def warmup(parallel: bool | None = None, progress=None) -> float:
     """Compile (or load from the on-disk cache) every kernel.
 
-    Call it before serving starts so the first real plan is fast.
+    Call it before serving starts so that no plan pays a compile; it covers
+    every input kind and option (threads run the same kernels).
 
     Parameters
     ----------
     parallel : bool, optional
-        Also compile the multi-threaded kernel.  Default: only when
-        ``EPLB_NUMBA_THREADS`` asks for more than one thread.
+        Ignored; kept for callers of earlier versions, whose threaded plans
+        had kernels of their own.
+    progress : callable, optional
+        Called as ``progress(step, steps, what, seconds)`` after each step.
 
     Returns
     -------
     float
-        Seconds taken (about 20 s cold, well under a second from the cache).
+        Seconds taken (see ``docs/benchmarks.md`` for cold figures; well
+        under a second from the cache).
     """
     import time
 
     start = time.perf_counter()
-    w = np.arange(2 * 16, dtype=np.float32).reshape(2, 16)
-    rebalance_experts(w, 24, 4, 2, 8)  # hierarchical, sums in the kernel
-    rebalance_experts(w, 24, 3, 2, 8)  # global
-    for dtype in (np.int64, np.float64):  # loads converted by a kernel
-        as_weight(w.astype(dtype))
-    _rebalance(w, check_layout(w.shape, 24, 4, 2, 8), w.reshape(2, 4, 4).sum(-1))  # torch adapter's sums
-    for dtype in (np.float32, np.float64, np.int64):
-        balanced_packing(w.astype(dtype), 4)
-    for dtype in (np.float32, np.float64):
-        replicate_experts(w.astype(dtype), 20)
-    p2l = rebalance_experts(w, 24, 4, 2, 8)[0]
-    _preserve_slots(p2l, p2l[:, ::-1].copy(), 8, 16)
-    from ._movement import plan_migration
-
-    for nodes in (2, 3):  # hierarchical and global
-        new = rebalance_experts(w[::-1].copy(), 24, 4, nodes, 6 if nodes == 3 else 8, old_phy2log=None)[0]
-        moved = rebalance_experts(w, 24, 4, nodes, 6 if nodes == 3 else 8, old_phy2log=new, avoid_duplicates=True)[0]
-        plan_migration(new, moved, 6 if nodes == 3 else 8, nodes)
-    if parallel or (parallel is None and parallel_threads() > 1):
-        from ._kernels.migration import migration_rows_parallel
-        from ._kernels.movement import movement_layers_parallel
-
-        layout = check_layout(w.shape, 24, 4, 2, 8)
-        ref = _place(w, layout)[0]
-        bounds, cnt, split = ref_bounds(w, layout)
-        log2phy, logcnt = empty_maps(2, 24, 16)
-        movement_layers_parallel(w, _NO_SUMS, p2l, np.empty_like(ref), bounds, cnt, split, 4, 8, 2, 0.0, True,
-                                 np.empty_like(ref), log2phy, logcnt, np.empty(2, dtype=np.int64), 2)
-        migration_rows_parallel(p2l, ref, 8, 2, 16, np.empty((48, 6), dtype=np.int64), np.empty(2, dtype=np.int64), 2)
-        place_layers_parallel(w, _NO_SUMS, 4, 2, 8, np.empty_like(ref), np.empty_like(ref), logcnt, log2phy,
-                              _NO_BOUNDS, _NO_SPLIT, 2)
+    steps = _warmup_steps()
+    for i, (what, call) in enumerate(steps):
+        t = time.perf_counter()
+        call()
+        if progress is not None:
+            progress(i + 1, len(steps), what, time.perf_counter() - t)
     return time.perf_counter() - start

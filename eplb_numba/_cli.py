@@ -144,7 +144,10 @@ def _bench(args):
 def _warmup(args):
     from ._api import warmup
 
-    print(f"kernels compiled and cached in {warmup(parallel=True):.2f} s")
+    def step(i, n, what, seconds):
+        print(f"[{i}/{n}] {what}: {seconds:.1f} s", file=sys.stderr, flush=True)
+
+    print(f"every kernel compiled or loaded from the cache in {warmup(progress=step):.2f} s")
     return 0
 
 
@@ -155,7 +158,11 @@ def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
         commands = {"rebalance": _rebalance, "simulate": _simulate, "bench": _bench, "warmup": _warmup}
-        return commands[args.command](args)
+        from ._jit import compile_notice
+
+        # One line on stderr before a first run's compile, one with its time.
+        with compile_notice():
+            return commands[args.command](args)
     except (CliError, ValueError, TypeError) as exc:
         print(f"eplb-numba: error: {exc}", file=sys.stderr)
         return 2

@@ -10,11 +10,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._api import _place, _policy_shape, empty_maps, maps_in_slot_order, ref_bounds
+from ._api import _policy_shape, empty_maps, maps_in_slot_order, ref_plan
 from ._jit import run_by_layers
-from ._kernels.checks import id_span
-from ._kernels.migration import gather_copies, migration_rows, migration_rows_parallel
-from ._kernels.movement import dedupe_layers, movement_layers, movement_layers_parallel
+from ._kernels.migration import gather_copies, migration_rows
+from ._kernels.movement import dedupe_layers, movement_layers
 from ._validate import as_count, check_layout
 
 __all__ = ["Migration", "plan_migration"]
@@ -27,10 +26,8 @@ def _as_ids(value, name):
         raise TypeError(f"{name} must hold integer expert ids, got dtype {arr.dtype}; pass the current phy2log")
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name} holds expert {int(arr.max())}; it must come from a placement of the same model")
-    arr = np.ascontiguousarray(arr, dtype=np.int64)
-    # One pass for both ends: the movement path checks three such arrays per
-    # plan, and numpy's min() and max() cost two passes each.
-    span = id_span(arr) if arr.ndim == 2 else (arr.min(initial=0), arr.max(initial=-1))
+    arr = np.array(arr, dtype=np.int64, order="C", copy=True)
+    span = (arr.min(initial=0), arr.max(initial=-1))
     return arr, span
 
 
@@ -75,27 +72,21 @@ def beyond_reference(w, layout, group_sums, old_phy2log, max_load_slack, avoid_d
     reference placement was used, 0 otherwise.
     """
     slack = _slack(max_load_slack)
-    groups, nodes, group_sums = _policy_shape(layout, group_sums)
+    groups, nodes, _ = _policy_shape(layout, group_sums)
     how = np.zeros(layout.num_layers, dtype=np.int64)
-    if old_phy2log is not None:
-        old = check_placement(old_phy2log, layout)
-        bounds, ref_cnt, split = ref_bounds(w, layout, group_sums)
-        # Filled only for layers that fall back to the reference's placement.
-        ref = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
-        out = np.empty_like(ref)
+    old = None if old_phy2log is None else check_placement(old_phy2log, layout)
+    ref, ref_cnt, split = ref_plan(w, layout, group_sums)
+    out = np.empty_like(ref)
+    if old is not None:
         # The kernel writes the maps too, each layer while it is in cache.
         log2phy, logcnt = empty_maps(layout.num_layers, layout.num_replicas, layout.num_logical)
-        run_by_layers(movement_layers, movement_layers_parallel, layout.num_layers, w, group_sums, old, ref, bounds,
-                      ref_cnt, split, groups, layout.num_gpus, nodes, slack, bool(avoid_duplicates), out, log2phy,
-                      logcnt, how)
+        run_by_layers(movement_layers, layout.num_layers, w, old, ref, ref_cnt, split, groups, layout.num_gpus, nodes,
+                      slack, bool(avoid_duplicates), out, log2phy, logcnt, how)
         return out, log2phy, logcnt, how
-    ref_phy2log, _, ref_cnt = _place(w, layout, group_sums, ranks=False)
-    out = np.empty_like(ref_phy2log)
     if avoid_duplicates:
-        if layout.num_layers:
-            dedupe_layers(w, ref_phy2log, ref_cnt, layout.num_gpus, nodes, slack, out)
+        run_by_layers(dedupe_layers, layout.num_layers, w, ref, ref_cnt, layout.num_gpus, nodes, slack, out)
     else:
-        out[...] = ref_phy2log
+        out[...] = ref
     # Counted afresh: they differ from the reference's where the old split was kept.
     log2phy, logcnt = maps_in_slot_order(out, layout.num_logical)
     return out, log2phy, logcnt, how
@@ -163,8 +154,7 @@ def plan_migration(old_phy2log, new_phy2log, num_gpus, num_nodes=1, expert_bytes
     rows = np.empty((new.size, 6), dtype=np.int64)
     counts = np.zeros(new.shape[0], dtype=np.int64)
     if new.size:
-        run_by_layers(migration_rows, migration_rows_parallel, new.shape[0],
-                      old, new, num_gpus, num_nodes, layout.num_logical, rows, counts)
+        run_by_layers(migration_rows, new.shape[0], old, new, num_gpus, num_nodes, layout.num_logical, rows, counts)
     copies = np.empty((6, int(counts.sum())), dtype=np.int64)
     intra = gather_copies(rows, counts, new.shape[1], num_gpus // num_nodes, copies)
     n = copies.shape[1]

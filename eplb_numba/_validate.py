@@ -11,8 +11,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._kernels.checks import first_invalid, to_float32
-
 __all__ = ["Layout", "as_count", "as_weight", "check_layout", "check_weight_values"]
 
 
@@ -46,7 +44,8 @@ def _check_dtype(dtype: np.dtype, name: str) -> None:
 
 def check_weight_values(w: np.ndarray, name: str) -> None:
     """Reject NaN, infinite and negative loads in an already-converted array."""
-    if w.size == 0 or (w.ndim == 2 and first_invalid(w) < 0):
+    # Two reductions decide the common case; NaN fails both comparisons.
+    if w.size == 0 or (w.min() >= 0 and w.max() < np.inf):
         return
     if w.dtype.kind == "f":
         finite = np.isfinite(w)
@@ -62,11 +61,6 @@ def check_weight_values(w: np.ndarray, name: str) -> None:
             f"{name} must be non-negative token counts, but {name}{list(where)} is {w[where]!r}; "
             f"clip or fix the negative loads"
         )
-
-
-# Input dtypes converted to float32 by a kernel that checks as it converts
-# (each compiles once; others go through numpy).
-_CONVERTED = (np.dtype(np.int64), np.dtype(np.float64))
 
 
 def as_weight(weight, name: str = "weight", *, dtype=np.float32) -> np.ndarray:
@@ -93,13 +87,11 @@ def as_weight(weight, name: str = "weight", *, dtype=np.float32) -> np.ndarray:
             dtype = np.float32
         else:
             dtype = np.int64
-    if dtype is np.float32 and arr.dtype in _CONVERTED and arr.flags.c_contiguous and arr.size:
-        out = np.empty(arr.shape, dtype=np.float32)
-        if to_float32(arr, out) >= 0:
-            check_weight_values(out, name)  # raises, naming the first bad load
-        return out
+    # A fresh, writable, C-contiguous array whatever came in: the kernels
+    # then see one array type (a read-only or strided input would compile
+    # them again), and nothing the caller holds is ever written.
     with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(arr, dtype=dtype)
+        out = np.array(arr, dtype=dtype, order="C", copy=True)
     check_weight_values(out, name)
     return out
 

@@ -253,3 +253,11 @@ def _vllm_plugin() -> None:
         install_vllm_policy(EplbNumbaPolicy)
     elif choice == "movement":
         install_vllm_policy(EplbNumbaMovementPolicy)
+    else:
+        return
+    # Compile (or load from the cache) now, at process start, so that no
+    # rebalance inside the serving loop waits for the compiler.
+    from ._jit import compile_notice
+
+    with compile_notice():
+        _api.warmup()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from .._jit import jit, unsigned as _u
+from .._jit import jit
 
 
 @jit
-def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo, hi):
+def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo, hi):
     """Copies taking ``old`` to ``new`` for layers ``lo:hi``.
 
     Layer ``l`` writes its rows of (layer, expert, src GPU, src slot, dst GPU,
@@ -30,14 +29,14 @@ def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo
         # Old slots of each expert, grouped (counting sort).
         start[:] = 0
         for q in range(num_phy):
-            start[_u(old[layer, q] + 1)] += 1
+            start[old[layer, q] + 1] += 1
         for e in range(num_logical):
             start[e + 1] += start[e]
         for e in range(num_logical):
             fill[e] = start[e]
         for q in range(num_phy):
-            x = _u(old[layer, q])
-            slots[_u(fill[x])] = q
+            x = old[layer, q]
+            slots[fill[x]] = q
             fill[x] += 1
         sends[:] = 0
         n = layer * num_phy
@@ -45,11 +44,11 @@ def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo
         for g in range(num_gpus):
             stamp += 1
             for k in range(g * per_gpu, (g + 1) * per_gpu):
-                on_gpu[_u(old[layer, _u(k)])] = stamp
+                on_gpu[old[layer, k]] = stamp
             node = g // gpus_per_node
             for q in range(g * per_gpu, (g + 1) * per_gpu):
-                e = new[layer, _u(q)]
-                if on_gpu[_u(e)] == stamp:
+                e = new[layer, q]
+                if on_gpu[e] == stamp:
                     continue
                 best = -1
                 best_local = False
@@ -77,7 +76,7 @@ def migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo
 @jit
 def gather_copies(rows, counts, num_phy, gpus_per_node, out):
     """Columns ``out[6, total]`` of the rows each layer wrote (see
-    ``migration_range``), in layer order; returns how many stay in a node."""
+    ``migration_rows``), in layer order; returns how many stay in a node."""
     n = 0
     intra = 0
     for layer in range(counts.shape[0]):
@@ -88,18 +87,3 @@ def gather_copies(rows, counts, num_phy, gpus_per_node, out):
             intra += src >= 0 and src // gpus_per_node == rows[r, 4] // gpus_per_node
             n += 1
     return intra
-
-
-@jit
-def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows, counts):
-    """``migration_range`` over every layer, on the calling thread."""
-    migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts, 0, new.shape[0])
-
-
-@jit(parallel=True)
-def migration_rows_parallel(old, new, num_gpus, num_nodes, num_logical, rows, counts, blocks):
-    """``migration_range`` over ``blocks`` contiguous blocks of layers, in parallel."""
-    num_layers = new.shape[0]
-    for b in numba.prange(blocks):
-        migration_range(old, new, num_gpus, num_nodes, num_logical, rows, counts,
-                        b * num_layers // blocks, (b + 1) * num_layers // blocks)

@@ -4,21 +4,18 @@ Per layer: the bound is the reference's busiest GPU (times 1 + slack); the
 node split and replica counts come from the old placement where it has a
 split, else from the reference relabelled onto the old nodes; the layer is
 then planned by ``moves.movement_layer``, and where that misses the bound
-the reference's placement relabelled onto the old GPUs is used.  Of the
-reference only its bound, counts and split are computed up front
-(``place_range`` with ``bounds``); its placement only for fallback layers.
+the reference's placement relabelled onto the old GPUs is used.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from .._jit import jit, unsigned as _u
+from .._jit import jit
 from .assign import max_assignment
 from .moves import _holds, dedupe, layer_loads, movement_layer
-from .placement import place_layers, slot_order_layer
-from .plan import REPLICATE_SCRATCH_PER_ITEM, replicate_row
+from .placement import slot_order_layer
+from .plan import replicate_row
 from .slots import keep_slots, preserve_layer
 
 
@@ -64,14 +61,14 @@ def relabel_layer(old, ref, perm, num_gpus, num_nodes, num_logical, out):
                        skip)
 
 
-@jit(inline="always")
+@jit
 def _bound(busiest, slack):
     # A relative 1e-12 absorbs float64 summation order: the same replicas on
     # a GPU in another slot order must not count as worse.
     return busiest * (1.0 + slack) * (1.0 + 1e-12)
 
 
-@jit(inline="always")
+@jit
 def _shares(w, cnt, share):
     # One replica's load per expert: one division per expert, not per slot.
     for e in range(w.shape[0]):
@@ -88,12 +85,12 @@ def _group_masks(p2l, group_of, num_nodes, masks):
         for k in range(masks.shape[1]):
             m = np.uint64(0)
             for q in range(node * per_node, (node + 1) * per_node):
-                g = group_of[_u(p2l[_u(q)])]
+                g = group_of[p2l[q]]
                 m |= (one << np.uint64(g & 63)) if g >> 6 == k else np.uint64(0)
             masks[node, k] = m
 
 
-@jit(inline="always")
+@jit
 def _split_masks(group_node, masks):
     # ``_group_masks`` of a placement whose group g is on node group_node[g].
     masks[:, :] = 0
@@ -166,14 +163,14 @@ def _node_counts(w32, node_target, num_nodes, phy_per_node, cnt, members, tokens
 
 
 @jit
-def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_groups, num_gpus, num_nodes, slack,
-                   avoid_dup, out, log2phy, logcnt, how, lo, hi):
+def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_nodes, slack, avoid_dup, out,
+                    log2phy, logcnt, how, lo, hi):
     """Movement-aware placement of layers ``lo:hi`` (see ``movement_layer``).
 
-    ``bounds``, ``ref_cnt`` and ``split`` are the reference's busiest GPU
-    load, replica counts and groups' nodes (``place_range`` with bounds);
-    ``ref`` [L, R] takes its placement of any layer that falls back to it.
-    Tries, in order, and keeps the first that meets the bound: (1) the old
+    ``ref``, ``ref_cnt`` and ``split`` are the reference's placement, replica
+    counts and groups' nodes; its busiest GPU (each GPU's replica loads
+    summed in slot order), times ``1 + slack``, is the bound.  Tries, in
+    order, and keeps the first that meets the bound: (1) the old
     placement's own groups-to-nodes split with the reference's replication
     inside each node, which moves no group between nodes; (2) the
     reference's split relabelled onto the old nodes; (3) the reference's
@@ -199,7 +196,7 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
     scratch_cnt = np.empty(num_logical, dtype=np.int64)
     cntf = np.empty(num_logical, dtype=np.float32)
     ratio = np.empty(num_logical, dtype=np.float32)
-    heap = np.empty(REPLICATE_SCRATCH_PER_ITEM * num_logical + 1, dtype=np.int64)
+    heap = np.empty(num_logical, dtype=np.int64)
     group_of = np.empty(num_logical, dtype=np.int64)
     group_size = num_logical // num_groups
     for g in range(num_groups):
@@ -218,13 +215,14 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
         for e in range(num_logical):
             w[e] = weight[layer, e]
         _shares(w, ref_cnt[layer], ref_share)
-        bound = _bound(bounds[layer], slack)
+        layer_loads(ref[layer], ref_share, per_gpu, loads)
+        bound = _bound(loads.max(), slack)
         h = 0
         if num_nodes > 1:
             _group_masks(old[layer], group_of, num_nodes, masks)
             if _old_split(masks, num_groups, group_node, per):
                 for e in range(num_logical):
-                    node_target[e] = group_node[_u(group_of[e])]
+                    node_target[e] = group_node[group_of[e]]
                 _split_masks(split[layer], ref_masks)
                 if _same_split(ref_masks, masks):
                     # The reference's own replica counts (the common case
@@ -240,21 +238,15 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
                     h = 1
         if h == 0:
             for e in range(num_logical):
-                node_of[e] = split[layer, _u(group_of[e])]
+                node_of[e] = split[layer, group_of[e]]
             node_relabel(old[layer], node_of, num_nodes, perm)
             for e in range(num_logical):
-                node_target[e] = perm[_u(node_of[e])]
+                node_target[e] = perm[node_of[e]]
             if movement_layer(ref_share, old[layer], ref_cnt[layer], node_target, num_gpus, num_nodes, bound,
                               avoid_dup, moved, loads, fscratch, iscratch):
                 h = 2
             else:
                 h = 3
-                # One layer through the kernel that plans whole arrays (a
-                # call of place_range itself would compile it once more).
-                end = layer + 1
-                place_layers(weight[layer:end], group_sums[layer:end], num_groups, num_nodes, num_gpus, ref[layer:end],
-                             np.empty((0, 0), np.int64), ref_cnt[layer:end], np.empty((0, 0, 0), np.int64),
-                             np.empty(0), np.empty((0, 0), np.int64))
                 relabel_layer(old[layer], ref[layer], perm, num_gpus, num_nodes, num_logical, moved)
                 if avoid_dup:
                     layer_loads(moved, ref_share, per_gpu, loads)
@@ -267,33 +259,15 @@ def movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_gro
 
 
 @jit
-def movement_layers(weight, group_sums, old, ref, bounds, ref_cnt, split, num_groups, num_gpus, num_nodes, slack,
-                    avoid_dup, out, log2phy, logcnt, how):
-    """``movement_range`` over every layer, on the calling thread."""
-    movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_groups, num_gpus, num_nodes, slack,
-                   avoid_dup, out, log2phy, logcnt, how, 0, weight.shape[0])
-
-
-@jit(parallel=True)
-def movement_layers_parallel(weight, group_sums, old, ref, bounds, ref_cnt, split, num_groups, num_gpus, num_nodes,
-                             slack, avoid_dup, out, log2phy, logcnt, how, blocks):
-    """``movement_range`` over ``blocks`` contiguous blocks of layers, in parallel."""
-    num_layers = weight.shape[0]
-    for b in numba.prange(blocks):
-        movement_range(weight, group_sums, old, ref, bounds, ref_cnt, split, num_groups, num_gpus, num_nodes, slack,
-                       avoid_dup, out, log2phy, logcnt, how, b * num_layers // blocks, (b + 1) * num_layers // blocks)
-
-
-@jit
-def dedupe_layers(weight, ref, cnt, num_gpus, num_nodes, slack, out):
-    """The reference placement with avoidable duplicates swapped away, no GPU above
-    the reference's busiest (times ``1 + slack``)."""
-    num_layers, num_logical = weight.shape
+def dedupe_layers(weight, ref, cnt, num_gpus, num_nodes, slack, out, lo, hi):
+    """Layers ``lo:hi`` of the reference placement with avoidable duplicates
+    swapped away, no GPU above the reference's busiest (times ``1 + slack``)."""
+    num_logical = weight.shape[1]
     per_gpu = ref.shape[1] // num_gpus
     loads = np.empty(num_gpus)
     w = np.empty(num_logical)
     share = np.empty(num_logical)
-    for layer in range(num_layers):
+    for layer in range(lo, hi):
         for e in range(num_logical):
             w[e] = weight[layer, e]
         _shares(w, cnt[layer], share)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import jit, unsigned as _u
+from .._jit import jit
 
 # Up to this many missing replicas are ordered by insertion (see movement_layer).
 _FEW_MISSING = 32
@@ -25,7 +25,7 @@ def layer_loads(p2l, share, per_gpu, loads):
     for g in range(loads.shape[0]):
         s = 0.0
         for q in range(g * per_gpu, (g + 1) * per_gpu):
-            s += share[_u(p2l[_u(q)])]
+            s += share[p2l[q]]
         loads[g] = s
 
 
@@ -46,21 +46,21 @@ def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, av
     best_s = -1
     best_t = -1
     for s in range(g * per_gpu, (g + 1) * per_gpu):
-        es = out[_u(s)]
-        ls = slot_load[_u(s)]
+        es = out[s]
+        ls = slot_load[s]
         for h in range(first_gpu, last_gpu):
             if h == g:
                 continue
             base_g = loads[g] - ls
             base_h = loads[h] + ls
             for t in range(h * per_gpu, (h + 1) * per_gpu):
-                lt = slot_load[_u(t)]
+                lt = slot_load[t]
                 if lt >= ls:
                     continue
                 m = max(base_g + lt, base_h - lt)
                 if m >= limit or m >= best:
                     continue
-                et = out[_u(t)]
+                et = out[t]
                 if et == es:
                     continue
                 if avoid_dup and (_holds(out, g * per_gpu, per_gpu, et, s) or _holds(out, h * per_gpu, per_gpu, es, t)):
@@ -152,14 +152,14 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         for g in range(node * gpus_per_node, (node + 1) * gpus_per_node):
             s = 0.0
             for q in range(g * per_gpu, (g + 1) * per_gpu):
-                e = old[_u(q)]
-                if node_target[_u(e)] != node or need[_u(e)] == 0:
+                e = old[q]
+                if node_target[e] != node or need[e] == 0:
                     continue
                 if avoid_dup and _holds(out, g * per_gpu, per_gpu, e, q):
                     continue
-                out[_u(q)] = e
-                need[_u(e)] -= 1
-                s += share[_u(e)]
+                out[q] = e
+                need[e] -= 1
+                s += share[e]
             loads[g] = s
     # Missing replicas, heaviest first, each to the lightest GPU with room.
     # After a small drift few experts miss one: find them a block at a time
@@ -169,7 +169,7 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         hi = min(lo + 64, num_logical)
         wanted = 0
         for e in range(lo, hi):
-            wanted |= need[_u(e)]
+            wanted |= need[e]
         if wanted == 0:
             continue
         for e in range(lo, hi):
@@ -213,7 +213,7 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         loads[best_g] += share[e]
     # Swap only while it lowers the busiest GPU.
     for q in range(num_phy):
-        slot_load[q] = share[_u(out[q])]
+        slot_load[q] = share[out[q]]
     for _ in range(4 * num_phy):
         g = 0
         for h in range(num_gpus):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import jit, unsigned as _u
+from .._jit import jit
 
 
-@jit(inline="always")
+@jit
 def keep_slots(new, old, out, num_logical, avail, skip):
     """One GPU's slots: ``new``'s experts into ``out``, old experts kept in place.
 
@@ -58,7 +58,7 @@ def preserve_slots(new_phy2log, old_phy2log, num_gpus, num_logical, out):
         preserve_layer(new_phy2log[layer], old_phy2log[layer], num_gpus, num_logical, out[layer], avail, skip)
 
 
-@jit(inline="always")
+@jit
 def preserve_layer(new, old, num_gpus, num_logical, out, avail, skip):
     """``keep_slots`` over one layer's GPUs (``avail``, ``skip`` as there)."""
     per_gpu = new.shape[0] // num_gpus
@@ -70,7 +70,7 @@ def preserve_layer(new, old, num_gpus, num_logical, out, avail, skip):
     # changed GPU is met once.
     done = -1
     for q in range(new.shape[0]):
-        if new[_u(q)] != old[_u(q)]:
+        if new[q] != old[q]:
             g = q // per_gpu
             if g != done:
                 done = g
@@ -80,7 +80,7 @@ def preserve_layer(new, old, num_gpus, num_logical, out, avail, skip):
                     keep_slots(new[start:stop], old[start:stop], out[start:stop], num_logical, avail, skip)
 
 
-@jit(inline="always")
+@jit
 def _slots_kept(new, old, start, stop):
     # Whether keep_slots would return new[start:stop] unchanged: true when
     # no slot that changes expert holds, or held, an expert found on the

@@ -1,8 +1,9 @@
-"""The reference's busiest-GPU load, counts and split, computed without placing.
+"""What the movement-aware plan takes of the reference: placement, counts and split.
 
-The movement-aware plan needs only these of the reference, and gets them from
-``place_range`` in its bounds mode, which sorts replicas without the
-reference's tie order.  These tests hold that mode to the placement itself.
+``ref_plan`` runs the plain plan's kernel with the groups' nodes as an extra
+output; its bound is the placement's busiest GPU, each GPU summed slot by
+slot in float64 (``busiest_in_slot_order``, as the movement kernel sums).
+These tests hold it to the public plan.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 import eplb_numba
-from eplb_numba._api import ref_bounds
+from eplb_numba._api import ref_plan
+from eplb_numba._kernels.moves import layer_loads
 from eplb_numba._metrics import replica_counts
 from eplb_numba._validate import as_weight, check_layout
 
@@ -30,13 +32,19 @@ def busiest_in_slot_order(weight, phy2log, gpus):
     return total.max(axis=1)
 
 
-def assert_bounds_match(weight, replicas, groups, nodes, gpus):
+def assert_ref_plan_matches(weight, replicas, groups, nodes, gpus):
     w = as_weight(weight)
     layout = check_layout(w.shape, replicas, groups, nodes, gpus)
-    bounds, logcnt, split = ref_bounds(w, layout)
+    ref, logcnt, split = ref_plan(w, layout)
     phy2log, _, expected_cnt = eplb_numba.rebalance_experts(weight, replicas, groups, nodes, gpus)
-    np.testing.assert_array_equal(bounds, busiest_in_slot_order(weight, phy2log, gpus))
+    np.testing.assert_array_equal(ref, phy2log)
     np.testing.assert_array_equal(logcnt, expected_cnt)
+    # The movement kernel's own per-GPU sums give the same busiest GPU.
+    loads = np.empty(gpus)
+    for layer in range(len(w)):
+        share = w[layer].astype(np.float64) / logcnt[layer]
+        layer_loads(ref[layer], share, replicas // gpus, loads)
+        assert loads.max() == busiest_in_slot_order(weight, phy2log, gpus)[layer]
     if layout.hierarchical:
         # Every slot on node n holds an expert of a group that split puts on n.
         per_node = replicas // nodes
@@ -51,14 +59,14 @@ def test_thousands_of_generated_cases(rng):
     for _ in range(1500):
         experts, replicas, groups, nodes, gpus = random_config(rng)
         kind = LOAD_KINDS[int(rng.integers(len(LOAD_KINDS)))]
-        assert_bounds_match(make_loads(rng, kind, (int(rng.integers(1, 4)), experts)), replicas, groups, nodes, gpus)
+        assert_ref_plan_matches(make_loads(rng, kind, (int(rng.integers(1, 4)), experts)), replicas, groups, nodes, gpus)
 
 
 @pytest.mark.parametrize("model", [(256, 288, 8, 4, 32), (256, 288, 8, 18, 144), (384, 448, 1, 8, 64)])
 @pytest.mark.parametrize("kind", ["ties", "zipf", "large"])
 def test_model_sized(model, kind, rng):
     experts, replicas, groups, nodes, gpus = model
-    assert_bounds_match(make_loads(rng, kind, (12, experts)), replicas, groups, nodes, gpus)
+    assert_ref_plan_matches(make_loads(rng, kind, (12, experts)), replicas, groups, nodes, gpus)
 
 
 # (small, big, replicas of big): big / replicas and small differ as float64
@@ -83,4 +91,4 @@ def test_near_ties_follow_the_reference_order(small, big, copies, nodes, rng):
                     a, b = node * per_node + rng.choice(per_node, 2, replace=False)
                     w[layer, a], w[layer, b] = big, small
             replicas = nodes * (per_node + copies - 1)
-            assert_bounds_match(w, replicas, nodes, nodes, nodes * gpus_per_node)
+            assert_ref_plan_matches(w, replicas, nodes, nodes, nodes * gpus_per_node)
