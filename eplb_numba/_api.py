@@ -291,8 +291,9 @@ def _warmup_steps():
     w = np.arange(2 * 16, dtype=np.float32).reshape(2, 16)
     layout = check_layout(w.shape, 24, 4, 2, 8)
     sums = w.reshape(2, 4, 4).sum(-1)
-    p2l = rebalance_experts(w, 24, 4, 2, 8)[0]
-    old = p2l[::-1].copy()
+    # A valid placement that is not the plan's: every expert, in reverse order.
+    old = np.concatenate([np.arange(16)[::-1], np.arange(8)])[None].repeat(2, 0)
+    p2l = old[:, ::-1].copy()
 
     def movement():
         for nodes, gpus in ((2, 8), (3, 6)):  # hierarchical and global

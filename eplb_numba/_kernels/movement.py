@@ -62,10 +62,14 @@ def relabel_layer(old, ref, perm, num_gpus, num_nodes, num_logical, out):
 
 
 @jit
-def _bound(busiest, slack):
-    # A relative 1e-12 absorbs float64 summation order: the same replicas on
-    # a GPU in another slot order must not count as worse.
-    return busiest * (1.0 + slack) * (1.0 + 1e-12)
+def _bound(loads, slack):
+    # The busiest GPU times 1 + slack.  A relative 1e-12 absorbs float64
+    # summation order: the same replicas on a GPU in another slot order must
+    # not count as worse.
+    top = loads[0]
+    for g in range(1, loads.shape[0]):
+        top = max(top, loads[g])
+    return top * (1.0 + slack) * (1.0 + 1e-12)
 
 
 @jit
@@ -88,14 +92,6 @@ def _group_masks(p2l, group_of, num_nodes, masks):
                 g = group_of[p2l[q]]
                 m |= (one << np.uint64(g & 63)) if g >> 6 == k else np.uint64(0)
             masks[node, k] = m
-
-
-@jit
-def _split_masks(group_node, masks):
-    # ``_group_masks`` of a placement whose group g is on node group_node[g].
-    masks[:, :] = 0
-    for g in range(group_node.shape[0]):
-        masks[group_node[g], g >> 6] |= np.uint64(1) << np.uint64(g & 63)
 
 
 @jit
@@ -124,9 +120,14 @@ def _old_split(masks, num_groups, group_node, per):
 
 
 @jit
-def _same_split(ref_masks, masks):
-    # Whether every node of the reference holds the groups of some node of a
-    # split (both split the groups, so that makes them the same split).
+def _same_split(group_node, ref_masks, masks):
+    # Whether the split that puts group g on node group_node[g] is the split
+    # whose node masks (``_group_masks``) are ``masks``: every node of it
+    # holds the groups of some node of the other (both split the groups, so
+    # that makes them the same split).  ``ref_masks`` is scratch of masks' shape.
+    ref_masks[:, :] = 0
+    for g in range(group_node.shape[0]):
+        ref_masks[group_node[g], g >> 6] |= np.uint64(1) << np.uint64(g & 63)
     for a in range(ref_masks.shape[0]):
         found = False
         for b in range(masks.shape[0]):
@@ -216,15 +217,14 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
             w[e] = weight[layer, e]
         _shares(w, ref_cnt[layer], ref_share)
         layer_loads(ref[layer], ref_share, per_gpu, loads)
-        bound = _bound(loads.max(), slack)
+        bound = _bound(loads, slack)
         h = 0
         if num_nodes > 1:
             _group_masks(old[layer], group_of, num_nodes, masks)
             if _old_split(masks, num_groups, group_node, per):
                 for e in range(num_logical):
                     node_target[e] = group_node[group_of[e]]
-                _split_masks(split[layer], ref_masks)
-                if _same_split(ref_masks, masks):
+                if _same_split(split[layer], ref_masks, masks):
                     # The reference's own replica counts (the common case
                     # after a small drift), without replicating again.
                     counts, shares = ref_cnt[layer], ref_share
@@ -272,6 +272,6 @@ def dedupe_layers(weight, ref, cnt, num_gpus, num_nodes, slack, out, lo, hi):
             w[e] = weight[layer, e]
         _shares(w, cnt[layer], share)
         layer_loads(ref[layer], share, per_gpu, loads)
-        bound = _bound(loads.max(), slack)
+        bound = _bound(loads, slack)
         out[layer, :] = ref[layer]
         dedupe(out[layer], loads, share, num_gpus, num_nodes, per_gpu, bound)

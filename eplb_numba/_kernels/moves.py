@@ -14,10 +14,6 @@ import numpy as np
 
 from .._jit import jit
 
-# Up to this many missing replicas are ordered by insertion (see movement_layer).
-_FEW_MISSING = 32
-
-
 @jit
 def layer_loads(p2l, share, per_gpu, loads):
     """GPU loads (float64) of one layer's placement; ``share[e]`` is a replica
@@ -83,14 +79,6 @@ def _swap_slots(out, loads, per_gpu, s, t, load_s, load_t):
 
 
 @jit
-def _swap_with_loads(out, slot_load, loads, per_gpu, s, t):
-    _swap_slots(out, loads, per_gpu, s, t, slot_load[s], slot_load[t])
-    x = slot_load[s]
-    slot_load[s] = slot_load[t]
-    slot_load[t] = x
-
-
-@jit
 def dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound):
     """Swap away second replicas of an expert on one GPU where a swap within the
     node keeps both GPUs within ``bound`` and creates no other duplicate."""
@@ -138,7 +126,6 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
     per_gpu = num_phy // num_gpus
     gpus_per_node = num_gpus // num_nodes
     slot_load = fscratch[:num_phy]
-    key = fscratch[num_phy:]
     need = iscratch[:num_logical]
     todo = iscratch[num_logical:num_logical + num_phy]
     for e in range(num_logical):
@@ -176,24 +163,27 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
             for _ in range(need[e]):
                 todo[missing] = e
                 missing += 1
-    if missing <= _FEW_MISSING:
-        # The usual handful after a small drift: a stable insertion sort in
-        # place, without the allocation of argsort.
-        for k in range(1, missing):
-            e = todo[k]
-            pos = k
-            while pos > 0 and share[todo[pos - 1]] < share[e]:
-                todo[pos] = todo[pos - 1]
-                pos -= 1
-            todo[pos] = e
-    else:
-        for k in range(missing):
-            key[k] = -share[todo[k]]
-        order = np.argsort(key[:missing], kind="mergesort")
-        sorted_todo = iscratch[num_logical + num_phy:]
-        for k in range(missing):
-            sorted_todo[k] = todo[order[k]]
-        todo = sorted_todo
+    # A stable merge sort, bottom up, heaviest first: replicas of equal
+    # load keep expert order.
+    src = todo
+    dst = iscratch[num_logical + num_phy:]
+    width = 1
+    while width < missing:
+        for lo in range(0, missing, 2 * width):
+            mid = min(lo + width, missing)
+            hi = min(lo + 2 * width, missing)
+            i = lo
+            j = mid
+            for k in range(lo, hi):
+                if j >= hi or (i < mid and not share[src[j]] > share[src[i]]):
+                    dst[k] = src[i]
+                    i += 1
+                else:
+                    dst[k] = src[j]
+                    j += 1
+        src, dst = dst, src
+        width *= 2
+    todo = src
     for k in range(missing):
         e = todo[k]
         node = node_target[e]
@@ -233,7 +223,10 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
             s, t = _best_swap(out, slot_load, loads, first, first + gpus_per_node, per_gpu, g, loads[g], avoid_dup)
         if s < 0:
             break
-        _swap_with_loads(out, slot_load, loads, per_gpu, s, t)
+        _swap_slots(out, loads, per_gpu, s, t, slot_load[s], slot_load[t])
+        x = slot_load[s]
+        slot_load[s] = slot_load[t]
+        slot_load[t] = x
     if avoid_dup:
         dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound)
     for g in range(num_gpus):

@@ -71,18 +71,34 @@ def greedy_pack(order, weights, num_packs, pack_index, rank_in_pack, loads, item
         items[p] = 0
         heap[p] = p
     if num_packs <= _SCAN_PACKS:
+        # The open packs, kept sorted by (load, index) in ``heap``: the
+        # first is the one to fill, and it then moves right past the packs
+        # now lighter than it, or leaves once full.  That walk's branch is
+        # predictable (the pack just filled is usually among the heaviest),
+        # where a scan for the minimum mispredicts at each new minimum.
+        size = num_packs
         for j in range(n):
             item = order[j] & LOW
-            best = -1
-            best_load = loads[0]
-            for p in range(num_packs):
-                if items[p] < per_pack and (best < 0 or loads[p] < best_load):
-                    best = p
-                    best_load = loads[p]
-            pack_index[item] = best
-            rank_in_pack[item] = items[best]
-            loads[best] += weights[item]
-            items[best] += 1
+            p = heap[0]
+            pack_index[item] = p
+            rank_in_pack[item] = items[p]
+            load = loads[p] + weights[item]
+            loads[p] = load
+            items[p] += 1
+            k = 0
+            if items[p] == per_pack:
+                size -= 1
+                for t in range(size):
+                    heap[t] = heap[t + 1]
+                continue
+            while k + 1 < size:
+                q = heap[k + 1]
+                if loads[q] < load or (loads[q] == load and q < p):
+                    heap[k] = q
+                    k += 1
+                else:
+                    break
+            heap[k] = p
         return
     # Many packs: a min-heap on (load, pack index); full packs leave it.
     size = num_packs
@@ -109,26 +125,50 @@ def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
     int64 scratch, each at least ``n`` long.
     """
     num_log = weights.shape[0]
+    extras = num_phy - num_log
     for e in range(num_log):
         phy2log[e] = e
         rank[e] = 0
         logcnt[e] = 1
         cntf[e] = 1
-    if num_phy - num_log <= _SCAN_EXTRAS:
+    if extras == 0:
+        return
+    if extras <= _SCAN_EXTRAS:
+        # Within k picks only the k heaviest experts (lowest index first on
+        # equal load) can be picked: an expert's first pick needs every
+        # expert ahead of it to have been picked already.  Keep those k in
+        # ``heap``, heaviest first (an insertion that rarely triggers once
+        # the list is full), then scan them for each pick.
+        k = min(extras, num_log)
+        m = 0
         for e in range(num_log):
-            ratio[e] = weights[e]
+            w = weights[e]
+            if m == k:
+                if not w > weights[heap[k - 1]]:
+                    continue
+                pos = k - 1
+            else:
+                pos = m
+                m += 1
+            while pos > 0 and weights[heap[pos - 1]] < w:
+                heap[pos] = heap[pos - 1]
+                pos -= 1
+            heap[pos] = e
+        for c in range(k):
+            ratio[c] = weights[heap[c]]
         for i in range(num_log, num_phy):
             best = 0
-            for e in range(1, num_log):
-                if ratio[e] > ratio[best]:
-                    best = e
-            phy2log[i] = best
-            rank[i] = logcnt[best]
-            logcnt[best] += 1
-            cntf[best] += 1
+            for c in range(1, k):
+                if ratio[c] > ratio[best] or (ratio[c] == ratio[best] and heap[c] < heap[best]):
+                    best = c
+            e = heap[best]
+            phy2log[i] = e
+            rank[i] = logcnt[e]
+            logcnt[e] += 1
+            cntf[e] += 1
             # weights / logcnt in the reference: the count is cast to the
             # load's dtype before dividing.
-            ratio[best] = weights[best] / cntf[best]
+            ratio[best] = weights[e] / cntf[e]
         return
     # Many extras: the min-heap on (key, index) with key = -ratio puts the
     # largest ratio first and equal ratios (negation is exact) at the

@@ -76,21 +76,15 @@ def preserve_layer(new, old, num_gpus, num_logical, out, avail, skip):
                 done = g
                 start = g * per_gpu
                 stop = start + per_gpu
-                if not _slots_kept(new, old, start, stop):
+                # keep_slots would return new[start:stop] unchanged when no
+                # slot that changes expert holds, or held, an expert found
+                # on the other side: then every expert that stays is in the
+                # same slots in both, and the newcomers already fill the
+                # freed slots in order.
+                kept = True
+                for t in range(start, stop):
+                    if new[t] != old[t]:
+                        for u in range(start, stop):
+                            kept = kept and old[u] != new[t] and new[u] != old[t]
+                if not kept:
                     keep_slots(new[start:stop], old[start:stop], out[start:stop], num_logical, avail, skip)
-
-
-@jit
-def _slots_kept(new, old, start, stop):
-    # Whether keep_slots would return new[start:stop] unchanged: true when
-    # no slot that changes expert holds, or held, an expert found on the
-    # other side.  Then every expert that stays is in the same slots in
-    # both, and the newcomers already fill the freed slots in order.  (Most
-    # GPUs of a movement-aware plan change no slot at all, and are not
-    # even looked at here.)
-    for q in range(start, stop):
-        if new[q] != old[q]:
-            for t in range(start, stop):
-                if old[t] == new[q] or new[t] == old[q]:
-                    return False
-    return True
