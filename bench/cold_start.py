@@ -46,17 +46,31 @@ ref = _load("_oracle")
 ref.rebalance_experts_loops(torch.from_numpy(w), 288, 8, 4, 32)
 """
 
-FIRST_PLAN = """
+# An editable install of the checkout (pip install -e) puts a finder ahead of
+# PYTHONPATH; drop it so that the fresh install is the one imported.
+_FRESH = """
+import os, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
 import eplb_numba
+assert eplb_numba.__file__.startswith(os.environ["PYTHONPATH"]), eplb_numba.__file__
+"""
+
+FIRST_PLAN = _FRESH + """
 from eplb_numba._workload import deepseek_v3_loads
 eplb_numba.rebalance_experts(deepseek_v3_loads(58, 256, seed=1), 288, 8, 4, 32)
 """
 
+WARMUP = _FRESH + """
+from eplb_numba.__main__ import main
+sys.exit(main(["warmup"]))
+"""
 
-def _run(code, env=None, argv=None):
+
+def _run(code, env=None):
     start = time.perf_counter()
-    subprocess.run(argv or [sys.executable, "-c", code], check=True, env=env, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    # Run outside the checkout: ``python -c`` puts the working directory first on sys.path.
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir())
     return time.perf_counter() - start
 
 
@@ -82,7 +96,7 @@ def measure(rounds=3, progress=print):
             times["second process"].append(_run(FIRST_PLAN, env))
             wenv = _install(os.path.join(tmp, f"warmup{r}"))
             times["eplb-numba warmup (fresh install)"].append(
-                _run(None, wenv, [sys.executable, "-m", "eplb_numba", "warmup"]))
+                _run(WARMUP, wenv))
             progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
             shutil.rmtree(os.path.join(tmp, f"plan{r}"), ignore_errors=True)
             shutil.rmtree(os.path.join(tmp, f"warmup{r}"), ignore_errors=True)

@@ -167,7 +167,9 @@ def test_bench_movement_row_times_it_alternately_with_the_reference():
 def test_warmup_command():
     result = cli("warmup")
     assert result.returncode == 0, result.stderr
-    assert "compiled and cached" in result.stdout
+    assert result.stdout.startswith("every kernel compiled or loaded from the cache in ")
+    steps = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert len(steps) == 5 and steps[0].startswith("[1/5] plan: ") and steps[-1].startswith("[5/5] ")
 
 
 def test_bench_command_runs_one_row_with_progress():
