@@ -65,7 +65,7 @@ def ref_plan(w, layout, group_sums=None):
     replica counts, and the node of each expert group (``[layers, 1]`` of
     zeros for the global policy).
     """
-    groups = layout.num_groups if layout.hierarchical else 1
+    groups, _, _ = _policy_shape(layout, group_sums)
     split = np.empty((layout.num_layers, groups), dtype=np.int64)
     phy2log, _, logcnt = _place(w, layout, group_sums, ranks=False, split=split)
     return phy2log, logcnt, split

@@ -26,7 +26,8 @@ def _as_ids(value, name):
         raise TypeError(f"{name} must hold integer expert ids, got dtype {arr.dtype}; pass the current phy2log")
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name} holds expert {int(arr.max())}; it must come from a placement of the same model")
-    arr = np.array(arr, dtype=np.int64, order="C", copy=True)
+    # One array type for the kernels, as ``as_weight`` gives the loads.
+    arr = np.require(arr, np.int64, "CAWE")
     span = (arr.min(initial=0), arr.max(initial=-1))
     return arr, span
 

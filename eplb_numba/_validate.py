@@ -87,11 +87,11 @@ def as_weight(weight, name: str = "weight", *, dtype=np.float32) -> np.ndarray:
             dtype = np.float32
         else:
             dtype = np.int64
-    # A fresh, writable, C-contiguous array whatever came in: the kernels
-    # then see one array type (a read-only or strided input would compile
-    # them again), and nothing the caller holds is ever written.
+    # A writable, aligned, C-contiguous base ndarray whatever came in (a copy
+    # only where needed): the kernels then see one array type; a read-only,
+    # strided or subclassed input would compile them again.
     with np.errstate(over="ignore"):
-        out = np.array(arr, dtype=dtype, order="C", copy=True)
+        out = np.require(arr, dtype, "CAWE")
     check_weight_values(out, name)
     return out
 

@@ -91,9 +91,7 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
                 log2mlog[e] = base_m + j
                 mlog2log[base_m + j] = e
         if want_log2phy:
-            for e in range(num_log):
-                for r in range(log2phy.shape[2]):
-                    log2phy[layer, e, r] = -1
+            clear_table(log2phy[layer])
         for node in range(num_nodes):
             # Step 2: replicas within the node.
             base = node * log_per_node

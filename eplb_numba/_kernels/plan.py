@@ -21,8 +21,8 @@ import numpy as np
 from .._jit import jit
 from .sort import LOW, SORT_STACK_SIZE, argsort_desc
 
-# Up to this many packs (extra replicas) a linear scan per item (per pick)
-# is cheaper than a heap.
+# Up to this many packs a sorted list of them, and up to this many extra
+# replicas a scan of the candidates per pick, are cheaper than a heap.
 _SCAN_PACKS = 32
 _SCAN_EXTRAS = 32
 

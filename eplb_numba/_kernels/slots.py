@@ -85,6 +85,10 @@ def preserve_layer(new, old, num_gpus, num_logical, out, avail, skip):
                 for t in range(start, stop):
                     if new[t] != old[t]:
                         for u in range(start, stop):
-                            kept = kept and old[u] != new[t] and new[u] != old[t]
+                            if old[u] == new[t] or new[u] == old[t]:
+                                kept = False
+                                break
+                    if not kept:
+                        break
                 if not kept:
                     keep_slots(new[start:stop], old[start:stop], out[start:stop], num_logical, avail, skip)

@@ -58,7 +58,7 @@ def argsort_desc(keys, a, stack):
         m >>= 1
         depth += 1
     # The stack's tail holds a leaf's keys while it is sorted.
-    leaf = _THRESHOLD * (SORT_STACK_SIZE // _THRESHOLD - 2)
+    leaf = SORT_STACK_SIZE - 2 * _THRESHOLD
     stack[0] = 0
     stack[1] = n
     stack[2] = 2 * depth
