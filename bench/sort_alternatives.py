@@ -77,7 +77,7 @@ def main(rounds=15, runs=100):
     rows = plan_rows()
     n = rows.shape[1]
     outs = [np.empty(rows.shape, dtype=np.int64) for _ in range(3)]
-    stack = np.empty(SORT_STACK_SIZE, dtype=np.int64)
+    stack = np.empty(SORT_STACK_SIZE + 2 * n, dtype=np.int64)
     keys = np.empty(2 * n, dtype=np.int64)
     cases = {
         "exact (torch's tie order)": lambda: _exact(rows, outs[0], stack),

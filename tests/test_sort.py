@@ -15,7 +15,7 @@ from .introsort_model import _introsort, killer_sequence  # noqa: E402
 def ours(keys):
     keys = np.ascontiguousarray(keys, dtype=np.float32)
     packed = np.empty(keys.shape[0], dtype=np.int64)
-    argsort_desc(keys, packed, np.empty(SORT_STACK_SIZE, dtype=np.int64))
+    argsort_desc(keys, packed, np.empty(SORT_STACK_SIZE + 2 * keys.shape[0], dtype=np.int64))
     # The high word carries the value's bits (-0.0 as 0.0).
     np.testing.assert_array_equal(packed >> 32, np.maximum(keys[packed & LOW].view(np.int32), 0))
     return packed & LOW

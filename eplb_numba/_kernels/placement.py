@@ -47,7 +47,7 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
     loads = np.empty(packs, dtype=np.float32)
     items = np.empty(packs, dtype=np.int64)
     heap = np.empty(max(packs, log_per_node), dtype=np.int64)
-    stack = np.empty(SORT_STACK_SIZE, dtype=np.int64)
+    stack = np.empty(SORT_STACK_SIZE + 2 * max(num_groups, phy_per_node), dtype=np.int64)
     sums = np.empty(num_groups, dtype=np.float32)
     group_order = np.empty(num_groups, dtype=np.int64)
     group_node = np.empty(num_groups, dtype=np.int64)

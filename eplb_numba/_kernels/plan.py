@@ -197,7 +197,7 @@ def pack_rows(keys, weights, num_packs, pack_index, rank_in_pack):
     loads = np.empty(num_packs, dtype=weights.dtype)
     items = np.empty(num_packs, dtype=np.int64)
     heap = np.empty(num_packs, dtype=np.int64)
-    stack = np.empty(SORT_STACK_SIZE, dtype=np.int64)
+    stack = np.empty(SORT_STACK_SIZE + 2 * n, dtype=np.int64)
     for r in range(rows):
         if n > num_packs:
             argsort_desc(keys[r], order, stack)

@@ -41,10 +41,10 @@ def argsort_desc(keys, a, stack):
     """Sort float32 ``keys`` (non-negative) descending into ``a``, exactly as ``std::sort``.
 
     ``a`` receives the sorted keys packed as described above (the index is
-    ``a[i] & LOW``).  ``stack`` is int64 scratch of ``SORT_STACK_SIZE``
-    entries; it replaces the recursion of the original on the right-hand
-    parts, which touch disjoint ranges, so the order they are finished in
-    does not matter.
+    ``a[i] & LOW``).  ``stack`` is int64 scratch of ``SORT_STACK_SIZE + 2 *
+    len(keys)`` entries; it replaces the recursion of the original on the
+    right-hand parts, which touch disjoint ranges, so the order they are
+    finished in does not matter.
     """
     n = keys.shape[0]
     for i in range(n):
@@ -57,8 +57,10 @@ def argsort_desc(keys, a, stack):
     while m > 1:
         m >>= 1
         depth += 1
-    # The stack's tail holds a leaf's keys while it is sorted.
+    # After the pending ranges: a leaf's keys while it is sorted, then the
+    # partition's stops.
     leaf = SORT_STACK_SIZE - 2 * _THRESHOLD
+    stops = SORT_STACK_SIZE
     stack[0] = 0
     stack[1] = n
     stack[2] = 2 * depth
@@ -91,21 +93,45 @@ def argsort_desc(keys, a, stack):
             pivot = a[med]
             a[med] = a[first]
             a[first] = pivot
-            # Unguarded Hoare partition of [first + 1, last) around the pivot.
-            lo = first + 1
+            # libstdc++'s unguarded Hoare partition of [first + 1, last)
+            # around the pivot, without its data-dependent branches (which
+            # mispredict, and cost most of a sort that runs between other
+            # work).  The left scan stops at keys not beating the pivot, the
+            # right scan at keys the pivot does not beat: list both scans'
+            # stops first (a branch-free pass), then replay the swaps.  After
+            # a swap the left scan also stops at the position the right scan
+            # just swapped, and the right scan at the left one's, which is
+            # where Hoare's scans cross.
+            pivot_hi = pivot | LOW
+            n_left = 0
+            n_right = 0
+            for i in range(first + 1, last):
+                v = a[i]
+                stack[stops + n_left] = i
+                n_left += not v > pivot_hi
+                stack[stops + n + n_right] = i
+                n_right += not pivot > (v | LOW)
+            # A scan with no stop left runs to the far end (the right one
+            # stops at the pivot itself, in ``first``).
+            left = 0
+            right = n_right - 1
+            lo = first
             hi = last
             while True:
-                while a[lo] > (pivot | LOW):
-                    lo += 1
-                hi -= 1
-                while pivot > (a[hi] | LOW):
-                    hi -= 1
-                if lo >= hi:
+                next_lo = stack[stops + left] if left < n_left else last
+                next_hi = stack[stops + n + right] if right >= 0 else first
+                left += 1
+                right -= 1
+                next_lo = min(next_lo, hi)
+                next_hi = max(next_hi, lo)
+                if not next_lo < next_hi:
+                    lo = next_lo
                     break
+                lo = next_lo
+                hi = next_hi
                 t = a[lo]
                 a[lo] = a[hi]
                 a[hi] = t
-                lo += 1
             stack[3 * top] = lo
             stack[3 * top + 1] = last
             stack[3 * top + 2] = d
