@@ -6,7 +6,7 @@ import numpy as np
 
 from ._jit import run_by_layers
 from ._kernels.placement import place_layers, slot_order_maps
-from ._kernels.plan import pack_rows, replicate_rows
+from ._kernels.plan import SCAN_PACKS, pack_rows, pack_rows_f32, replicate_rows
 from ._validate import as_count, as_weight, check_layout
 
 __all__ = [
@@ -206,8 +206,11 @@ def balanced_packing(weight, num_packs):
     pack_index = np.empty((rows, n), dtype=np.int64)
     rank_in_pack = np.empty((rows, n), dtype=np.int64)
     if rows and n:
-        keys = w if w.dtype == np.float32 else w.astype(np.float32)
-        pack_rows(keys, w, num_packs, pack_index, rank_in_pack)
+        if w.dtype == np.float32 and n > num_packs and num_packs <= SCAN_PACKS:
+            pack_rows_f32(w, num_packs, pack_index, rank_in_pack)
+        else:
+            keys = w if w.dtype == np.float32 else w.astype(np.float32)
+            pack_rows(keys, w, num_packs, pack_index, rank_in_pack)
     return pack_index, rank_in_pack
 
 
@@ -304,7 +307,8 @@ def _warmup_steps():
         ("plan", lambda: (rebalance_experts(w, 24, 4, 2, 8), _rebalance(w, layout, sums),
                           rebalance_experts_hierarchical(w, 24, 4, 2, 8))),
         ("packing and replication helpers", lambda: [
-            (balanced_packing(w.astype(dt), 4), replicate_experts(w.astype(dt), 20))
+            (balanced_packing(w.astype(dt), 4), balanced_packing(w.astype(dt), 16),
+             replicate_experts(w.astype(dt), 20))
             for dt in (np.float32, np.float64, np.int64)]),
         ("slot preservation", lambda: _preserve_slots(p2l, old, 8, 16)),
         ("movement-aware plans and migration", movement),

@@ -178,5 +178,6 @@ def test_after_warmup_no_input_kind_compiles(warmed, tmp_path, rng):
             eplb_numba.plan_migration(old_ro, old[:, ::-1], 8, 2)
             for dtype in (np.float32, np.float64, np.int64, np.int32):
                 eplb_numba.balanced_packing(np.asarray(weight).astype(dtype), 4)
+                eplb_numba.balanced_packing(np.asarray(weight).astype(dtype), 32)
                 eplb_numba.replicate_experts(np.asarray(weight).astype(dtype), 40)
     assert listener.started is None, "a call after warmup() compiled a kernel"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import jit
-from .plan import greedy_pack, replicate_row
+from .plan import SCAN_PACKS, greedy_pack, greedy_rows_f32, replicate_row
 from .sort import SORT_STACK_SIZE, argsort_desc
 
 
@@ -58,12 +58,17 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
     tokens = np.empty(log_per_node, dtype=np.float32)
     cntf = np.empty(log_per_node, dtype=np.float32)
     ratio = np.empty(log_per_node, dtype=np.float32)
-    phy2mlog = np.empty(phy_per_node, dtype=np.int64)
-    rank = np.empty(phy_per_node, dtype=np.int64)
-    phy_load = np.empty(phy_per_node, dtype=np.float32)
-    order = np.empty(phy_per_node, dtype=np.int64)
-    gpu = np.empty(phy_per_node, dtype=np.int64)
-    gpu_rank = np.empty(phy_per_node, dtype=np.int64)
+    # Step 3 packs a layer's nodes together (see greedy_rows_f32) where it can.
+    together = slots_per_gpu > 1 and gpus_per_node <= SCAN_PACKS
+    phy2mlog = np.empty((num_nodes, phy_per_node), dtype=np.int64)
+    rank = np.empty((num_nodes, phy_per_node), dtype=np.int64)
+    phy_load = np.empty((num_nodes, phy_per_node), dtype=np.float32)
+    order = np.empty((num_nodes, phy_per_node), dtype=np.int64)
+    gpu = np.empty((num_nodes, phy_per_node), dtype=np.int64)
+    gpu_rank = np.empty((num_nodes, phy_per_node), dtype=np.int64)
+    node_loads = np.empty((num_nodes, gpus_per_node), dtype=np.float32)
+    node_items = np.empty((num_nodes, gpus_per_node), dtype=np.int64)
+    node_keys = np.empty((num_nodes, gpus_per_node), dtype=np.int64)
 
     for layer in range(lo, hi):
         w = weight[layer]
@@ -98,23 +103,29 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
             for j in range(log_per_node):
                 tokens[j] = w[mlog2log[base + j]]
             cnt = mlogcnt[base:base + log_per_node]
-            replicate_row(tokens, phy_per_node, phy2mlog, rank, cnt, cntf, ratio, heap)
-            # Step 3: the node's replicas to its GPUs.
+            replicate_row(tokens, phy_per_node, phy2mlog[node], rank[node], cnt, cntf, ratio, heap)
+            # The replicas' loads, in step 3's visiting order.
             for k in range(phy_per_node):
-                m = phy2mlog[k]
-                phy_load[k] = tokens[m] / np.float32(cnt[m])
+                m = phy2mlog[node, k]
+                phy_load[node, k] = tokens[m] / np.float32(cnt[m])
             if slots_per_gpu > 1:
-                argsort_desc(phy_load, order, stack)
-            greedy_pack(order, phy_load, gpus_per_node, gpu, gpu_rank, loads, items, heap)
+                argsort_desc(phy_load[node], order[node], stack)
+            if not together:
+                greedy_pack(order[node], phy_load[node], gpus_per_node, gpu[node], gpu_rank[node], loads, items, heap)
+        # Step 3: each node's replicas to its GPUs.
+        if together:
+            greedy_rows_f32(order, phy_load, gpus_per_node, gpu, gpu_rank, node_loads, node_items, node_keys)
+        for node in range(num_nodes):
+            base = node * log_per_node
             out = node * phy_per_node
             for k in range(phy_per_node):
-                slot = out + gpu[k] * slots_per_gpu + gpu_rank[k]
-                e = mlog2log[base + phy2mlog[k]]
+                slot = out + gpu[node, k] * slots_per_gpu + gpu_rank[node, k]
+                e = mlog2log[base + phy2mlog[node, k]]
                 phy2log[layer, slot] = e
                 if want_log2phy:
-                    log2phy[layer, e, rank[k]] = slot
+                    log2phy[layer, e, rank[node, k]] = slot
                 if want_phyrank:
-                    phyrank[layer, slot] = rank[k]
+                    phyrank[layer, slot] = rank[node, k]
         for e in range(num_log):
             logcnt[layer, e] = mlogcnt[log2mlog[e]]
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import jit
+from .._jit import float32_bits, jit
 from .sort import LOW, SORT_STACK_SIZE, argsort_desc
 
-# Up to this many packs a sorted list of them, and up to this many extra
-# replicas a scan of the candidates per pick, are cheaper than a heap.
-_SCAN_PACKS = 32
+# Up to this many packs a scan of them (greedy_rows_f32), and up to this
+# many extra replicas a scan of the candidates per pick, are cheaper than a heap.
+SCAN_PACKS = 32
 _SCAN_EXTRAS = 32
+# A full pack's key in greedy_rows_f32: above every open pack's.
+_CLOSED = np.int64(0x7FFFFFFFFFFFFFFF)
 
 
 @jit
@@ -70,37 +72,7 @@ def greedy_pack(order, weights, num_packs, pack_index, rank_in_pack, loads, item
         loads[p] = 0
         items[p] = 0
         heap[p] = p
-    if num_packs <= _SCAN_PACKS:
-        # The open packs, kept sorted by (load, index) in ``heap``: the
-        # first is the one to fill, and it then moves right past the packs
-        # now lighter than it, or leaves once full.  That walk's branch is
-        # predictable (the pack just filled is usually among the heaviest),
-        # where a scan for the minimum mispredicts at each new minimum.
-        size = num_packs
-        for j in range(n):
-            item = order[j] & LOW
-            p = heap[0]
-            pack_index[item] = p
-            rank_in_pack[item] = items[p]
-            load = loads[p] + weights[item]
-            loads[p] = load
-            items[p] += 1
-            k = 0
-            if items[p] == per_pack:
-                size -= 1
-                for t in range(size):
-                    heap[t] = heap[t + 1]
-                continue
-            while k + 1 < size:
-                q = heap[k + 1]
-                if loads[q] < load or (loads[q] == load and q < p):
-                    heap[k] = q
-                    k += 1
-                else:
-                    break
-            heap[k] = p
-        return
-    # Many packs: a min-heap on (load, pack index); full packs leave it.
+    # A min-heap on (load, pack index); full packs leave it.
     size = num_packs
     top = 0
     for j in range(n):
@@ -115,6 +87,41 @@ def greedy_pack(order, weights, num_packs, pack_index, rank_in_pack, loads, item
             heap[0] = heap[size]
         if size > 1:
             _sift_down(heap, size, loads, top)
+
+
+@jit
+def greedy_rows_f32(order, weights, num_packs, pack_index, rank_in_pack, loads, items, keys):
+    """``greedy_pack`` of every row of 2-D float32 ``weights`` at once.
+
+    For at most ``SCAN_PACKS`` packs and more than one item per pack.  Each
+    pack has an int64 key, its load's bits << 32 | its index (``_CLOSED``
+    once full): the least key is the lightest open pack, the lowest index
+    on equal load, and finding it is a fixed, branch-free minimum.  One
+    row's items form a chain of dependent steps; stepping the rows in turn
+    lets the processor overlap the chains (for DeepSeek-V3's four nodes a
+    plan took 0.7x the time of ``greedy_pack`` a row at a time).  Scratch
+    ``loads`` (float32), ``items``, ``keys``: ``[rows, num_packs]``.
+    """
+    rows, n = order.shape
+    per_pack = n // num_packs
+    for r in range(rows):
+        for p in range(num_packs):
+            loads[r, p] = 0
+            items[r, p] = 0
+            keys[r, p] = p
+    for j in range(n):
+        for r in range(rows):
+            item = order[r, j] & LOW
+            best = keys[r, 0]
+            for p in range(1, num_packs):
+                best = min(best, keys[r, p])
+            p = best & LOW
+            pack_index[r, item] = p
+            rank_in_pack[r, item] = items[r, p]
+            load = loads[r, p] + weights[r, item]
+            loads[r, p] = load
+            items[r, p] += 1
+            keys[r, p] = _CLOSED if items[r, p] == per_pack else (np.int64(float32_bits(load)) << 32) | p
 
 
 @jit
@@ -202,6 +209,28 @@ def pack_rows(keys, weights, num_packs, pack_index, rank_in_pack):
         if n > num_packs:
             argsort_desc(keys[r], order, stack)
         greedy_pack(order, weights[r], num_packs, pack_index[r], rank_in_pack[r], loads, items, heap)
+
+
+# Rows that pack_rows_f32 steps together (see greedy_rows_f32).
+LOCKSTEP_ROWS = 4
+
+
+@jit
+def pack_rows_f32(weights, num_packs, pack_index, rank_in_pack):
+    """``pack_rows`` of float32 ``weights`` with at most ``SCAN_PACKS`` packs of several items."""
+    rows, n = weights.shape
+    order = np.empty((LOCKSTEP_ROWS, n), dtype=np.int64)
+    loads = np.empty((LOCKSTEP_ROWS, num_packs), dtype=np.float32)
+    items = np.empty((LOCKSTEP_ROWS, num_packs), dtype=np.int64)
+    keys = np.empty((LOCKSTEP_ROWS, num_packs), dtype=np.int64)
+    stack = np.empty(SORT_STACK_SIZE + 2 * n, dtype=np.int64)
+    for lo in range(0, rows, LOCKSTEP_ROWS):
+        hi = min(lo + LOCKSTEP_ROWS, rows)
+        for r in range(lo, hi):
+            argsort_desc(weights[r], order[r - lo], stack)
+        used = hi - lo
+        greedy_rows_f32(order[:used], weights[lo:hi], num_packs, pack_index[lo:hi], rank_in_pack[lo:hi], loads[:used],
+                        items[:used], keys[:used])
 
 
 @jit
