@@ -273,5 +273,8 @@ def dedupe_layers(weight, ref, cnt, num_gpus, num_nodes, slack, out, lo, hi):
         _shares(w, cnt[layer], share)
         layer_loads(ref[layer], share, per_gpu, loads)
         bound = _bound(loads, slack)
-        out[layer, :] = ref[layer]
+        # A loop: an array-to-array slice assignment compiles Numba's
+        # shape-mismatch message, string formatting and all (2 s).
+        for q in range(ref.shape[1]):
+            out[layer, q] = ref[layer, q]
         dedupe(out[layer], loads, share, num_gpus, num_nodes, per_gpu, bound)
