@@ -214,9 +214,11 @@ def parallel_threads() -> int:
         wanted = int(os.environ.get("EPLB_NUMBA_THREADS", "1"))
     except ValueError:
         return 1
-    return max(1, min(wanted, os.cpu_count() or 1))
+    return max(1, min(wanted, _CPUS))
 
 
+# Read once: os.cpu_count() takes several microseconds, a tenth of a migration plan.
+_CPUS = os.cpu_count() or 1
 _POOL: list[ThreadPoolExecutor] = []
 _POOL_LOCK = threading.Lock()
 

@@ -14,22 +14,29 @@ from ._api import _policy_shape, empty_maps, maps_in_slot_order, ref_plan
 from ._jit import run_by_layers
 from ._kernels.migration import gather_copies, migration_rows
 from ._kernels.movement import dedupe_layers, movement_layers
-from ._validate import as_count, check_layout
+from ._validate import as_count, check_layout, kernel_array
 
 __all__ = ["Migration", "plan_migration"]
 
 
 def _as_ids(value, name):
-    """``value`` as a C-contiguous int64 array and its (min, max), or a TypeError."""
+    """``value`` as a C-contiguous int64 array and ``(lo, max)``, or a TypeError.
+
+    ``lo`` is negative when some id is, else 0; ``(0, -1)`` for no ids.
+    """
     arr = np.asarray(value)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer expert ids, got dtype {arr.dtype}; pass the current phy2log")
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name} holds expert {int(arr.max())}; it must come from a placement of the same model")
-    # One array type for the kernels, as ``as_weight`` gives the loads.
-    arr = np.require(arr, np.int64, "CAWE")
-    span = (arr.min(initial=0), arr.max(initial=-1))
-    return arr, span
+    arr = kernel_array(arr, np.int64)
+    if not arr.size:
+        return arr, (0, -1)
+    # One pass: viewed unsigned, a negative id wraps above every valid one.
+    top = int(arr.view(np.uint64).max())
+    if top > np.iinfo(np.int64).max:
+        return arr, (-1, int(arr.max()))
+    return arr, (0, top)
 
 
 def _check_ids(arr, span, layout, name):

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Layout", "as_count", "as_weight", "check_layout", "check_weight_values"]
+__all__ = ["Layout", "as_count", "as_weight", "check_layout", "check_weight_values", "kernel_array"]
 
 
 def as_count(value, name: str, *, minimum: int = 1) -> int:
@@ -28,6 +28,18 @@ def as_count(value, name: str, *, minimum: int = 1) -> int:
     if count < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {count}")
     return count
+
+
+def kernel_array(arr, dtype) -> np.ndarray:
+    """``arr`` as a writable, aligned, C-contiguous ndarray of ``dtype`` (a copy only where needed).
+
+    The kernels then always see one array type: a read-only, misaligned or
+    strided input would make Numba compile them again.
+    """
+    out = np.asarray(arr, dtype=dtype, order="C")
+    if not (out.flags.writeable and out.flags.aligned):
+        out = np.array(out, dtype=dtype, order="C")
+    return out
 
 
 def _check_dtype(dtype: np.dtype, name: str) -> None:
@@ -87,11 +99,8 @@ def as_weight(weight, name: str = "weight", *, dtype=np.float32) -> np.ndarray:
             dtype = np.float32
         else:
             dtype = np.int64
-    # A writable, aligned, C-contiguous base ndarray whatever came in (a copy
-    # only where needed): the kernels then see one array type; a read-only,
-    # strided or subclassed input would compile them again.
     with np.errstate(over="ignore"):
-        out = np.require(arr, dtype, "CAWE")
+        out = kernel_array(arr, dtype)
     check_weight_values(out, name)
     return out
 

@@ -7,6 +7,9 @@ import numpy as np
 from .._jit import jit
 
 
+_ONE = np.uint64(1)
+
+
 @jit
 def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo, hi):
     """Copies taking ``old`` to ``new`` for layers ``lo:hi``.
@@ -26,16 +29,21 @@ def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo,
     on_gpu = np.zeros(num_logical, dtype=np.int64)
     stamp = 0
     for layer in range(lo, hi):
+        # This layer's maps as unsigned ids (the same bits: ids are never
+        # negative here).  Numba adds a negative-index fix-up to every signed
+        # subscript; these loops subscript by expert id at every slot.
+        o = old[layer].view(np.uint64)
+        nw = new[layer].view(np.uint64)
         # Old slots of each expert, grouped (counting sort).
         start[:] = 0
         for q in range(num_phy):
-            start[old[layer, q] + 1] += 1
+            start[o[q] + _ONE] += 1
         for e in range(num_logical):
             start[e + 1] += start[e]
         for e in range(num_logical):
             fill[e] = start[e]
         for q in range(num_phy):
-            x = old[layer, q]
+            x = o[q]
             slots[fill[x]] = q
             fill[x] += 1
         sends[:] = 0
@@ -44,15 +52,15 @@ def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo,
         for g in range(num_gpus):
             stamp += 1
             for k in range(g * per_gpu, (g + 1) * per_gpu):
-                on_gpu[old[layer, k]] = stamp
+                on_gpu[o[k]] = stamp
             node = g // gpus_per_node
             for q in range(g * per_gpu, (g + 1) * per_gpu):
-                e = new[layer, q]
+                e = nw[q]
                 if on_gpu[e] == stamp:
                     continue
                 best = -1
                 best_local = False
-                for k in range(start[e], start[e + 1]):
+                for k in range(start[e], start[e + _ONE]):
                     src = slots[k]
                     h = src // per_gpu
                     local = h // gpus_per_node == node
@@ -62,7 +70,7 @@ def migration_rows(old, new, num_gpus, num_nodes, num_logical, rows, counts, lo,
                         best = src
                         best_local = local
                 rows[n, 0] = layer
-                rows[n, 1] = e
+                rows[n, 1] = np.int64(e)
                 rows[n, 2] = best // per_gpu if best >= 0 else -1
                 rows[n, 3] = best
                 rows[n, 4] = g
