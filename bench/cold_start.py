@@ -8,12 +8,16 @@ empty, and times whole processes, alternating them round by round:
   of the reference (the loop-structured oracle, loaded by path so that
   eplb-numba is not imported);
 - **fresh install, first plan**: import eplb_numba, the same loads, one
-  plan, on that install's empty cache (each round a new install);
-- **second process**: the same, once the cache holds the kernels;
-- **warmup**: ``eplb-numba warmup`` on a new install (every kernel).
+  plan, on that install's empty cache (each round a new install), served
+  by the kernels shipped with the package;
+- **... compiling**: the same where the shipped kernels do not fit (another
+  Python, Numba or architecture; here ``EPLB_NUMBA_SHIPPED=0``);
+- **second process**: the first plan again, once the cache holds the kernels;
+- **warmup**: ``eplb-numba warmup`` on a new install (every kernel), with and
+  without the shipped kernels.
 
-It prints medians and the ratio of the first plan to the reference, and
-with ``--docs`` puts the table into ``docs/benchmarks.md``.
+It prints medians and the ratio of each to the reference, and with
+``--docs`` puts the table into ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ _FRESH = """
 import os, sys
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
 import eplb_numba
-assert eplb_numba.__file__.startswith(os.environ["PYTHONPATH"]), eplb_numba.__file__
+assert eplb_numba.__file__.startswith(os.environ["PYTHONPATH"].split(os.pathsep)[0]), eplb_numba.__file__
 """
 
 FIRST_PLAN = _FRESH + """
@@ -74,32 +78,53 @@ def _run(code, env=None):
     return time.perf_counter() - start
 
 
-def _install(dest):
+def _source(tmp):
+    """The checkout's tracked and new files, without build leftovers (a stale build/ would be packaged)."""
+    src = os.path.join(tmp, "source")
+    try:
+        files = subprocess.run(["git", "-C", ROOT, "ls-files", "-co", "--exclude-standard"], check=True,
+                               capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout
+        shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".git"))
+        return src
+    for name in files:
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(os.path.dirname(os.path.join(src, name)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(src, name))
+    return src
+
+
+def _install(dest, src):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    dest, ROOT], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    dest, src], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "EPLB_NUMBA_CACHE")}
-    env["PYTHONPATH"] = dest
+    # Ahead of any PYTHONPATH already set (where Numba itself may come from).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (dest, os.environ.get("PYTHONPATH")) if p)
     # Numba's user-wide cache must not serve a kernel either.
     env["XDG_CACHE_HOME"] = os.path.join(dest, "user-cache")
     return env
 
 
 def measure(rounds=3, progress=print):
-    times = {"torch reference": [], "fresh install, first plan": [], "second process": [],
-             "eplb-numba warmup (fresh install)": []}
+    names = ["torch reference", "fresh install, first plan", "fresh install, first plan, compiling",
+             "second process", "eplb-numba warmup (fresh install)", "eplb-numba warmup, compiling"]
+    times = {k: [] for k in names}
     with tempfile.TemporaryDirectory() as tmp:
+        src = _source(tmp)
         for r in range(rounds):
-            # One process of each kind per round, in turn, so slow minutes hit both.
-            env = _install(os.path.join(tmp, f"plan{r}"))
+            # One process of each kind per round, in turn, so slow minutes hit them all.
+            dest = os.path.join(tmp, f"round{r}")
+            env = _install(os.path.join(dest, "plan"), src)
+            compiling = {**_install(os.path.join(dest, "compile"), src), "EPLB_NUMBA_SHIPPED": "0"}
             times["torch reference"].append(_run(REFERENCE))
             times["fresh install, first plan"].append(_run(FIRST_PLAN, env))
-            times["second process"].append(_run(FIRST_PLAN, env))
-            wenv = _install(os.path.join(tmp, f"warmup{r}"))
-            times["eplb-numba warmup (fresh install)"].append(
-                _run(WARMUP, wenv))
+            times["fresh install, first plan, compiling"].append(_run(FIRST_PLAN, compiling))
+            times["second process"].append(_run(FIRST_PLAN, compiling))
+            times["eplb-numba warmup (fresh install)"].append(_run(WARMUP, _install(os.path.join(dest, "warmup"), src)))
+            times["eplb-numba warmup, compiling"].append(
+                _run(WARMUP, {**_install(os.path.join(dest, "warmup-c"), src), "EPLB_NUMBA_SHIPPED": "0"}))
             progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
-            shutil.rmtree(os.path.join(tmp, f"plan{r}"), ignore_errors=True)
-            shutil.rmtree(os.path.join(tmp, f"warmup{r}"), ignore_errors=True)
+            shutil.rmtree(dest, ignore_errors=True)
     return {k: statistics.median(v) for k, v in times.items()}, times
 
 

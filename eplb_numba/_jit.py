@@ -3,19 +3,14 @@
 Every kernel is decorated with :func:`jit`; nothing else in the package passes
 options to Numba.  ``fastmath`` stays off on purpose: placements depend on
 exact float32 comparisons and ties, and reassociation would change them.
-
-Compiled kernels are cached on disk, and no state of that cache can break a
-call: an unreadable cache file is dropped and the kernel recompiled, and
-where no cache directory is writable the cache moves to a private temporary
-directory, or to memory.  Each case says so once, in one line on stderr.
+Where compiled kernels are cached, and the ones shipped with the package,
+is ``_cache.py``'s business.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -24,16 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 from llvmlite import ir
 from numba.core import event, types
-from numba.core.caching import CompileResultCacheImpl, FunctionCache, UserProvidedCacheLocator
 from numba.extending import intrinsic
 
+from ._cache import attach_cache, notice
+
 __all__ = ["JIT_OPTIONS", "compile_notice", "float32_bits", "jit", "notice", "parallel_threads", "run_by_layers"]
-
-
-def _cache_enabled() -> bool:
-    # Caching compiled kernels on disk makes the first call of a new process
-    # cheap.  EPLB_NUMBA_CACHE=0 turns it off (debugging).
-    return os.environ.get("EPLB_NUMBA_CACHE", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 JIT_OPTIONS: dict[str, object] = {
@@ -45,95 +35,6 @@ JIT_OPTIONS: dict[str, object] = {
     # count, which is at least one.
     "error_model": "numpy",
 }
-
-_NOTICED: set[str] = set()
-
-
-def notice(message: str, *, key: str | None = None) -> None:
-    """Write one line to stderr, once per process for each ``key``."""
-    if key is not None:
-        if key in _NOTICED:
-            return
-        _NOTICED.add(key)
-    try:
-        sys.stderr.write(f"eplb-numba: {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a closed or broken stderr
-        pass
-
-
-class _SafeCache(FunctionCache):
-    """Numba's on-disk cache, which treats any file it cannot read as missing."""
-
-    def load_overload(self, sig, target_context):
-        try:
-            return super().load_overload(sig, target_context)
-        except Exception as exc:  # truncated, overwritten, foreign: all the same here
-            index = self._cache_file._index_path
-            notice(f"warning: ignoring a damaged compile cache file in {self._cache_path} "
-                   f"({type(exc).__name__}); recompiling", key="damaged")
-            with contextlib.suppress(OSError):
-                os.unlink(index)
-            return None
-
-    def save_overload(self, sig, data):
-        try:
-            super().save_overload(sig, data)
-        except Exception as exc:
-            notice(f"warning: cannot write the compile cache in {self._cache_path} ({exc}); "
-                   f"kernels stay compiled in memory only", key="unsaved")
-
-
-def _fallback_dir() -> str:
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    return os.path.join(tempfile.gettempdir(), f"eplb-numba-cache-{uid}")
-
-
-class _FallbackLocator(UserProvidedCacheLocator):
-    # Numba's own locators, next to the package, in NUMBA_CACHE_DIR or the
-    # user's cache directory, all failed: a private temporary directory.
-    def __init__(self, py_func, py_file):
-        super().__init__(py_func, py_file)
-        self._cache_path = os.path.join(_fallback_dir(), self.get_suitable_cache_subpath(py_file))
-
-    def ensure_cache_path(self):
-        os.makedirs(self.get_cache_path(), mode=0o700, exist_ok=True)
-        super().ensure_cache_path()
-
-    @classmethod
-    def from_function(cls, py_func, py_file):
-        self = cls(py_func, py_file)
-        try:
-            self.ensure_cache_path()
-        except OSError:
-            return None
-        return self
-
-
-class _FallbackImpl(CompileResultCacheImpl):
-    _locator_classes = [_FallbackLocator]
-
-
-class _FallbackCache(_SafeCache):
-    _impl_class = _FallbackImpl
-
-
-def _attach_cache(dispatcher) -> None:
-    if not _cache_enabled():
-        return
-    for cls in (_SafeCache, _FallbackCache):
-        try:
-            cache = cls(dispatcher.py_func)
-        except (RuntimeError, OSError):
-            continue
-        if cls is _FallbackCache:
-            notice(f"warning: no writable compile cache directory next to the package, in "
-                   f"NUMBA_CACHE_DIR or in the user's cache; caching in {_fallback_dir()}", key="fallback")
-        dispatcher._cache = cache
-        return
-    notice("warning: no writable directory for the compile cache; kernels are compiled in memory "
-           "in every process (set NUMBA_CACHE_DIR to a writable directory)", key="nocache")
-
 
 @intrinsic
 def float32_bits(typingctx, x):
@@ -157,7 +58,7 @@ _KERNELS: weakref.WeakSet = weakref.WeakSet()
 def jit(func):
     """Compile ``func`` with the package's Numba options, cached on disk."""
     dispatcher = numba.njit(**JIT_OPTIONS)(func)
-    _attach_cache(dispatcher)
+    attach_cache(dispatcher)
     _KERNELS.add(dispatcher)
     return dispatcher
 
