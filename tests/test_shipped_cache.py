@@ -55,7 +55,8 @@ print(json.dumps({"compiled": listener.started is not None, "plan": [p.tolist(),
 
 def run(env, package_root=ROOT):
     env = {k: v for k, v in {**os.environ, **env}.items() if k not in ("EPLB_NUMBA_CACHE",)}
-    env["PYTHONPATH"] = package_root
+    # Ahead of any PYTHONPATH already set (where Numba itself may come from).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-c", PLAN, os.path.join(package_root, "eplb_numba")], env=env,
                           capture_output=True, text=True, timeout=600, cwd=os.path.dirname(package_root))
     assert proc.returncode == 0, proc.stderr
