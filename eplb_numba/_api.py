@@ -7,7 +7,7 @@ import numpy as np
 from ._jit import run_by_layers
 from ._kernels.placement import place_layers, slot_order_maps
 from ._kernels.plan import SCAN_PACKS, pack_rows, pack_rows_f32, replicate_rows
-from ._validate import as_count, as_weight, check_layout
+from ._validate import _F32_MAX, as_count, as_flag, as_slack, as_weight, check_layout, check_output_size
 
 __all__ = [
     "balanced_packing",
@@ -129,6 +129,9 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
     """
     w = as_weight(weight)
     layout = check_layout(w.shape, num_replicas, num_groups, num_nodes, num_gpus)
+    # Checked whether or not they are used: a typo must not pass silently.
+    max_load_slack = as_slack(max_load_slack)
+    avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
     if old_phy2log is None and not avoid_duplicates:
         return _rebalance(w, layout)
     from ._movement import beyond_reference
@@ -203,6 +206,11 @@ def balanced_packing(weight, num_packs):
             f"num_packs ({num_packs}) must divide the number of items per row "
             f"({n}, weight.shape[1]) so every pack gets the same count"
         )
+    if w.dtype == np.float64 and w.size and w.max() > _F32_MAX:
+        # Sorted as float32 (as the reference sorts): such a load has no float32 value.
+        where = tuple(int(i) for i in np.argwhere(w > _F32_MAX)[0])
+        raise ValueError(f"weight{list(where)} is {w[where].item()!r}, beyond the float32 range (3.4e38) that "
+                         f"items are sorted in; rescale the weights")
     pack_index = np.empty((rows, n), dtype=np.int64)
     rank_in_pack = np.empty((rows, n), dtype=np.int64)
     if rows and n:
@@ -244,6 +252,8 @@ def replicate_experts(weight, num_phy):
         raise ValueError(
             f"num_phy ({num_phy}) must be at least the number of experts ({num_log}, weight.shape[1])"
         )
+    check_output_size([("phy2log", (rows, num_phy)), ("rank", (rows, num_phy)), ("logcnt", (rows, num_log))],
+                      "num_phy")
     phy2log = np.empty((rows, num_phy), dtype=np.int64)
     rank = np.empty((rows, num_phy), dtype=np.int64)
     logcnt = np.empty((rows, num_log), dtype=np.int64)

@@ -1,9 +1,9 @@
 """eplb-numba: plan expert placements and report how balanced they are.
 
   eplb-numba [rebalance] [LOADS] [--replicas N --groups N --nodes N --gpus N]
-             [--json] [--out FILE] [--plot FILE.png]
-  eplb-numba simulate [TRACE] [--every K --window W] [--json] [--plot FILE.png]
-  eplb-numba bench [--quick] [--out DIR] [--only TEXT]
+             [--json] [--out FILE] [--plot FILE.png] [--force]
+  eplb-numba simulate [TRACE] [--every K --window W] [--json] [--plot FILE.png] [--force]
+  eplb-numba bench [--quick] [--out DIR] [--only TEXT] [--force]
   eplb-numba warmup
 
 With no LOADS file, rebalance runs on the built-in DeepSeek-R1-shaped workload
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-from ._io import CliError, load_loads, save_placement
+from ._io import CliError, check_output, load_loads, save_placement
 
 _COMMANDS = ("rebalance", "simulate", "bench", "warmup")
 
@@ -40,6 +41,7 @@ def _parser():
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--out", metavar="FILE", help="write the placement (.npz, .json or .pt) in vLLM's shapes")
     r.add_argument("--plot", metavar="FILE.png", help="draw per-GPU load before and after (needs matplotlib)")
+    r.add_argument("--force", action="store_true", help="overwrite existing --out / --plot files")
     s = sub.add_parser("simulate", help="replay a load trace under several policies")
     s.add_argument("trace", nargs="?", help="3-D [steps, layers, experts] token counts (.npy/.npz/.pt/.json); "
                    "default: the built-in drifting trace")
@@ -51,18 +53,49 @@ def _parser():
     s.add_argument("--expert-mb", type=float, default=0.0, help="MB of one expert's weights per layer, for bytes")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--plot", metavar="FILE.png", help="draw imbalance and copies over time (needs matplotlib)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
     b = sub.add_parser("bench", help="benchmark against the torch reference")
     b.add_argument("--quick", action="store_true", help="model rows only; no scaling sweep, no cold start")
     b.add_argument("--out", metavar="DIR", help="also write benchmarks.json and benchmarks.md here")
     b.add_argument("--only", metavar="TEXT", help="only the rows whose name contains TEXT")
+    b.add_argument("--force", action="store_true", help="overwrite benchmarks.json / benchmarks.md in --out")
     sub.add_parser("warmup", help="compile and cache the kernels ahead of a serving start")
     return p
+
+
+# The API's parameter names, as the command line's flags and file.
+_FLAGS = (("num_replicas", "--replicas"), ("num_groups", "--groups"), ("num_nodes", "--nodes"),
+          ("num_gpus", "--gpus"))
+
+
+def _in_cli_terms(exc, source):
+    text = str(exc)
+    for name, flag in _FLAGS:
+        text = text.replace(name, flag)
+    what = "the loads" if source is None else source
+    text = text.replace("weight.shape[1]", f"experts in {what}").replace("weight[", f"{what}[")
+    return CliError(text.replace("weight ", f"{what} "))
+
+
+def _check_plot(args):
+    if args.plot:
+        from ._plot import _pyplot
+
+        _pyplot()  # matplotlib, or the line that says how to install it
+        check_output(args.plot, "--plot", inputs=[getattr(args, "loads", None) or getattr(args, "trace", None)],
+                     force=args.force)
 
 
 def _rebalance(args):
     from ._api import rebalance_experts
     from ._report import build_report, format_report
 
+    # Every file to write is checked before any work starts.
+    if args.out:
+        check_output(args.out, "--out", inputs=[args.loads], force=args.force, exts={".npz", ".json", ".pt", ".pth"})
+    _check_plot(args)
+    if args.out and args.plot and os.path.abspath(args.out) == os.path.abspath(args.plot):
+        raise CliError("--out and --plot name the same file; give each its own")
     trace = None
     if args.loads is None:
         from ._workload import default_trace
@@ -74,7 +107,10 @@ def _rebalance(args):
         weight = load_loads(args.loads)
         source = args.loads
     cfg = (args.replicas, args.groups, args.nodes, args.gpus)
-    rebalance_experts(weight, *cfg)  # validates; compiles on a cold cache
+    try:
+        rebalance_experts(weight, *cfg)  # validates; compiles on a cold cache
+    except (ValueError, TypeError) as exc:
+        raise _in_cli_terms(exc, args.loads) from None
     times = []
     for _ in range(5):  # the median of a few warm calls is what serving sees
         start = time.perf_counter()
@@ -122,9 +158,15 @@ def _simulate(args):
     for name in ("every", "window"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name} must be at least 1")
+    if not (args.expert_mb >= 0 and args.expert_mb < float("inf")):
+        raise CliError(f"--expert-mb must be a finite number >= 0, got {args.expert_mb}")
+    _check_plot(args)
     cfg = (args.replicas, args.groups, args.nodes, args.gpus)
-    result = simulate(trace, cfg, every=args.every, window=args.window,
-                      expert_bytes=int(args.expert_mb * 2**20), progress=_bar)
+    try:
+        result = simulate(trace, cfg, every=args.every, window=args.window,
+                          expert_bytes=int(args.expert_mb * 2**20), progress=_bar)
+    except (ValueError, TypeError) as exc:
+        raise _in_cli_terms(exc, args.trace) from None
     if args.plot:
         from ._plot import plot_simulation
 
@@ -136,6 +178,17 @@ def _simulate(args):
 def _bench(args):
     from ._bench import run
 
+    if args.out:
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise CliError(f"--out {args.out} is a file; --out names a directory for benchmarks.json and "
+                           f"benchmarks.md")
+        for name in ("benchmarks.json", "benchmarks.md"):
+            target = os.path.join(args.out, name)
+            if os.path.exists(target):
+                check_output(target, "--out", force=args.force)
+        parent = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(parent):
+            raise CliError(f"--out {args.out}: no such directory {parent}; create it first")
     _, text = run(out_dir=args.out, sweep=not args.quick, cold=not args.quick, progress=_bar, only=args.only)
     print(text)
     return 0
@@ -166,5 +219,11 @@ def main(argv=None) -> int:
     except (CliError, ValueError, TypeError) as exc:
         print(f"eplb-numba: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``eplb-numba --json | head``): stop quietly,
+        # and let the interpreter's final flush go nowhere.
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130

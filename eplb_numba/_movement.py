@@ -14,7 +14,7 @@ from ._api import _policy_shape, empty_maps, maps_in_slot_order, ref_plan
 from ._jit import run_by_layers
 from ._kernels.migration import gather_copies, migration_rows
 from ._kernels.movement import dedupe_layers, movement_layers
-from ._validate import as_count, check_layout, kernel_array
+from ._validate import as_count, as_slack, check_layout, kernel_array
 
 __all__ = ["Migration", "plan_migration"]
 
@@ -61,16 +61,6 @@ def check_placement(old, layout, name="old_phy2log"):
     return arr
 
 
-def _slack(value):
-    try:
-        slack = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"max_load_slack must be a number such as 0.01 (1%), got {value!r}") from None
-    if not (slack >= 0 and np.isfinite(slack)):
-        raise ValueError(f"max_load_slack must be a finite number >= 0 (0.01 means 1%), got {value!r}")
-    return slack
-
-
 def beyond_reference(w, layout, group_sums, old_phy2log, max_load_slack, avoid_duplicates):
     """Placement for the opt-in options of float32 loads ``w``.
 
@@ -79,7 +69,7 @@ def beyond_reference(w, layout, group_sums, old_phy2log, max_load_slack, avoid_d
     was kept, 2 where the reference's split was, 3 where the relabelled
     reference placement was used, 0 otherwise.
     """
-    slack = _slack(max_load_slack)
+    slack = as_slack(max_load_slack)
     groups, nodes, _ = _policy_shape(layout, group_sums)
     how = np.zeros(layout.num_layers, dtype=np.int64)
     old = None if old_phy2log is None else check_placement(old_phy2log, layout)
@@ -155,8 +145,10 @@ def plan_migration(old_phy2log, new_phy2log, num_gpus, num_nodes=1, expert_bytes
     old, old_span = _as_ids(old_phy2log, "old_phy2log")
     num_logical = int(max(new_span[1], old_span[1])) + 1
     if new.shape[1] < num_logical:
-        raise ValueError(f"new_phy2log has {new.shape[1]} slots for {num_logical} experts; pass placements, not maps")
-    layout = check_layout((new.shape[0], max(num_logical, 1)), new.shape[1], 1, num_nodes, num_gpus)
+        culprit = "old_phy2log" if old_span[1] > new_span[1] else "new_phy2log"
+        raise ValueError(f"{culprit} holds expert {num_logical - 1}, more experts than new_phy2log has slots "
+                         f"({new.shape[1]}); pass placements (an expert per slot), not maps")
+    layout = check_layout((new.shape[0], max(num_logical, 1)), new.shape[1], 1, num_nodes, num_gpus, maps=False)
     _check_ids(new, new_span, layout, "new_phy2log")
     _check_ids(old, old_span, layout, "old_phy2log")
     rows = np.empty((new.size, 6), dtype=np.int64)

@@ -6,12 +6,17 @@ and says how to fix it.  Nothing here writes into its arguments.
 
 from __future__ import annotations
 
+import numbers
 import operator
+import os
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Layout", "as_count", "as_weight", "check_layout", "check_weight_values", "kernel_array"]
+__all__ = ["Layout", "as_count", "as_flag", "as_slack", "as_weight", "check_layout", "check_output_size",
+           "check_weight_values", "kernel_array"]
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def as_count(value, name: str, *, minimum: int = 1) -> int:
@@ -28,6 +33,56 @@ def as_count(value, name: str, *, minimum: int = 1) -> int:
     if count < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {count}")
     return count
+
+
+def as_flag(value, name: str) -> bool:
+    """``value`` as a bool; only ``True``/``False`` (or NumPy's bools) are accepted."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def as_slack(value, name: str = "max_load_slack") -> float:
+    """``value`` as a finite float >= 0 (a real number, not a bool or a string)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number such as 0.01 (1%), got {type(value).__name__} {value!r}")
+    slack = float(value)
+    if not (slack >= 0 and np.isfinite(slack)):
+        raise ValueError(f"{name} must be a finite number >= 0 (0.01 means 1%), got {value!r}")
+    return slack
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_output_size(arrays, what: str) -> None:
+    """Refuse up front outputs that cannot fit in this machine's memory.
+
+    ``arrays`` holds ``(name, shape)`` pairs of int64 outputs.
+    """
+    total = 0
+    for _, shape in arrays:
+        count = 1
+        for n in shape:
+            count *= int(n)
+        total += 8 * count
+    memory = _physical_memory()
+    if memory is not None and total > memory:
+        shapes = ", ".join(f"{name} {list(shape)}" for name, shape in arrays)
+        raise ValueError(f"the outputs would take {_size(total)} ({shapes}, int64), more than this machine's "
+                         f"{_size(memory)} of memory; check {what}")
 
 
 def kernel_array(arr, dtype) -> np.ndarray:
@@ -54,8 +109,16 @@ def _check_dtype(dtype: np.dtype, name: str) -> None:
         )
 
 
-def check_weight_values(w: np.ndarray, name: str) -> None:
-    """Reject NaN, infinite and negative loads in an already-converted array."""
+def _item(arr: np.ndarray, where) -> str:
+    return repr(arr[where].item())
+
+
+def check_weight_values(w: np.ndarray, name: str, source: np.ndarray | None = None) -> None:
+    """Reject NaN, infinite and negative loads in an already-converted array.
+
+    ``source``, the array before conversion, names values that only
+    overflowed in the conversion.
+    """
     # Two reductions decide the common case; NaN fails both comparisons.
     if w.size == 0 or (w.min() >= 0 and w.max() < np.inf):
         return
@@ -63,14 +126,19 @@ def check_weight_values(w: np.ndarray, name: str) -> None:
         finite = np.isfinite(w)
         if not finite.all():
             where = tuple(int(i) for i in np.argwhere(~finite)[0])
+            if source is not None and source.shape == w.shape and np.isfinite(source[where]):
+                raise ValueError(
+                    f"{name}{list(where)} is {_item(source, where)}, beyond the float32 range (3.4e38) that "
+                    f"loads are read in, as the reference reads them; rescale the loads"
+                )
             raise ValueError(
-                f"{name} must be finite, but {name}{list(where)} is {w[where]!r} "
-                f"(float32 holds loads up to 3.4e38); replace NaN/inf loads before balancing"
+                f"{name} must be finite, but {name}{list(where)} is {_item(w, where)}; "
+                f"replace NaN/inf loads before balancing"
             )
     if w.min() < 0:
         where = tuple(int(i) for i in np.argwhere(w < 0)[0])
         raise ValueError(
-            f"{name} must be non-negative token counts, but {name}{list(where)} is {w[where]!r}; "
+            f"{name} must be non-negative token counts, but {name}{list(where)} is {_item(w, where)}; "
             f"clip or fix the negative loads"
         )
 
@@ -99,9 +167,12 @@ def as_weight(weight, name: str = "weight", *, dtype=np.float32) -> np.ndarray:
             dtype = np.float32
         else:
             dtype = np.int64
-    with np.errstate(over="ignore"):
+    if arr.dtype == np.uint64 and np.dtype(dtype) == np.int64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        where = tuple(int(i) for i in np.argwhere(arr > np.iinfo(np.int64).max)[0])
+        raise ValueError(f"{name}{list(where)} is {int(arr[where])}, beyond int64 (2**63 - 1); rescale the loads")
+    with np.errstate(over="ignore", invalid="ignore"):
         out = kernel_array(arr, dtype)
-    check_weight_values(out, name)
+    check_weight_values(out, name, arr)
     return out
 
 
@@ -117,12 +188,14 @@ class Layout(NamedTuple):
     hierarchical: bool
 
 
-def check_layout(shape, num_replicas, num_groups, num_nodes, num_gpus, *, policy: str = "auto") -> Layout:
+def check_layout(shape, num_replicas, num_groups, num_nodes, num_gpus, *, policy: str = "auto",
+                 maps: bool = True) -> Layout:
     """Check the counts against ``weight``'s shape and pick the policy.
 
     ``policy="auto"`` is the reference's rule: hierarchical when
     ``num_groups % num_nodes == 0``, global otherwise.  ``"hierarchical"``
     insists on the hierarchical one (``rebalance_experts_hierarchical``).
+    ``maps`` checks that the placement's outputs fit in memory.
     """
     num_layers, num_logical = (int(s) for s in shape)
     num_replicas = as_count(num_replicas, "num_replicas")
@@ -152,6 +225,13 @@ def check_layout(shape, num_replicas, num_groups, num_nodes, num_gpus, *, policy
             f"hierarchical policy; use rebalance_experts, which falls back to the global policy"
         )
     hierarchical = num_groups % num_nodes == 0
+    outputs = [("phy2log", (num_layers, num_replicas)), ("logcnt", (num_layers, num_logical))]
+    if policy == "hierarchical":
+        outputs.append(("phyrank", (num_layers, num_replicas)))
+    else:
+        outputs.append(("log2phy", (num_layers, num_logical, num_replicas - num_logical + 1)))
+    if maps:
+        check_output_size(outputs, "num_replicas")
     if hierarchical and num_logical % num_groups:
         raise ValueError(
             f"the number of logical experts ({num_logical}, weight.shape[1]) must be a multiple of "

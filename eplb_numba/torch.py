@@ -37,6 +37,12 @@ def _as_tensor(weight, name="weight"):
         arr = np.asarray(weight)
         _check_dtype(arr.dtype, name)
         weight = _torch.from_numpy(np.ascontiguousarray(arr))
+    if weight.is_meta:
+        raise ValueError(f"{name} is on the meta device and holds no values; pass a tensor of token counts")
+    if weight.layout != _torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {weight.layout}; pass {name}.to_dense()")
+    if weight.is_quantized:
+        raise TypeError(f"{name} is a quantized tensor ({weight.dtype}); pass {name}.dequantize()")
     if weight.is_complex():
         raise TypeError(f"{name} must be real, got complex dtype {weight.dtype}; pass token counts")
     if weight.dtype == _torch.bool:
@@ -123,8 +129,8 @@ def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num
 
 def _host_numpy(weight):
     weight = _as_tensor(weight)
-    if weight.dtype in (_torch.float16, _torch.bfloat16):
-        weight = weight.float()
+    if weight.dtype.is_floating_point and weight.dtype not in (_torch.float32, _torch.float64):
+        weight = weight.float()  # float16, bfloat16, float8: read as float32, as the reference reads them
     return weight.cpu().numpy(), weight.device
 
 
@@ -215,6 +221,9 @@ class EplbNumbaMovementPolicy(EplbNumbaPolicy):
 
     @classmethod
     def _plan(cls, weight, num_replicas, num_groups, num_nodes, num_ranks, old):
+        weight = _as_tensor(weight)
+        if old is not None:
+            old = _as_tensor(old, "old_global_expert_indices")
         if old is not None and tuple(old.shape) != (weight.shape[0], num_replicas):
             old = None  # a different layout (scaling event): plan from scratch
         return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks, old_phy2log=old,

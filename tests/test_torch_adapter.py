@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -165,3 +166,46 @@ def test_movement_options_through_torch(rng):
         torch.from_numpy(w1), 96, 8, 2, 16, torch.from_numpy(old))
     fresh = fresh[0] if isinstance(fresh, tuple) else fresh
     assert tuple(fresh.shape) == (6, 96)
+
+
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda w: torch.empty(4, 32, device="meta"), ValueError, "weight is on the meta device"),
+        (lambda w: w.to_sparse(), TypeError, "weight must be a dense tensor, got layout torch.sparse_coo"),
+        (lambda w: w.float().to_sparse_csr(), TypeError, "weight must be a dense tensor, got layout torch.sparse_csr"),
+    ],
+)
+def test_tensors_without_plain_values_are_refused(make, exc, match):
+    w = torch.tensor((np.arange(4 * 32).reshape(4, 32) * 31) % 97)
+    for call in (lambda t: eplb_torch.rebalance_experts(t, 40, 4, 2, 8), lambda t: eplb_torch.balanced_packing(t, 4),
+                 lambda t: eplb_torch.replicate_experts(t, 40)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch: "sparse CSR support is in beta"
+            t = make(w)
+        with pytest.raises(exc, match=match):
+            call(t)
+
+
+def test_quantized_tensors_are_refused():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch deprecates making them
+        q = torch.quantize_per_tensor(torch.ones(4, 32), 1.0, 0, torch.quint8)
+    with pytest.raises(TypeError, match=r"weight is a quantized tensor .*dequantize\(\)"):
+        eplb_torch.rebalance_experts(q, 40, 4, 2, 8)
+
+
+def test_float8_and_bfloat16_are_read_as_float32():
+    w = torch.tensor((np.arange(4 * 32).reshape(4, 32) * 31) % 97).float()
+    for dtype in (torch.float8_e4m3fn, torch.bfloat16):
+        got = eplb_torch.balanced_packing(w.to(dtype), 4)
+        want = eplb_numba.balanced_packing(w.to(dtype).float().numpy(), 4)
+        assert all(torch.equal(g, torch.from_numpy(x)) for g, x in zip(got, want))
+
+
+def test_movement_policy_takes_lists():
+    w = (np.arange(4 * 32).reshape(4, 32) * 31) % 97
+    old = eplb_numba.rebalance_experts(w, 40, 4, 2, 8)[0]
+    got = eplb_torch.EplbNumbaMovementPolicy.rebalance_experts(w.tolist(), 40, 4, 2, 8, old.tolist())
+    phy2log = got[0] if isinstance(got, tuple) else got
+    assert phy2log.shape == (4, 40) and sorted(set(phy2log.flatten().tolist())) == list(range(32))

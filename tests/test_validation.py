@@ -20,7 +20,7 @@ W = np.arange(2 * 16).reshape(2, 16)
         (np.ones((2, 16), dtype=bool), TypeError, "weight must hold numbers"),
         (np.where(W == 3, np.nan, W), ValueError, r"weight must be finite.*\[0, 3\]"),
         (np.where(W == 5, np.inf, W), ValueError, "weight must be finite"),
-        (np.full((2, 16), 1e300), ValueError, "weight must be finite"),
+        (np.full((2, 16), 1e300), ValueError, r"weight\[0, 0\] is 1e\+300, beyond the float32 range"),
         (np.where(W == 7, -1, W), ValueError, r"non-negative.*\[0, 7\]"),
         ([[1, 2], [3]], ValueError, "rectangular"),
         (np.ones((2, 0)), ValueError, "at least one expert"),
@@ -95,3 +95,61 @@ def test_read_only_and_strided_inputs():
     expected = eplb_numba.rebalance_experts(np.ascontiguousarray(w), 16, 4, 2, 8)
     for a, b in zip(eplb_numba.rebalance_experts(w, 16, 4, 2, 8), expected):
         np.testing.assert_array_equal(a, b)
+
+
+# Options are checked strictly whether or not they are used.
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(avoid_duplicates="no"), TypeError, "avoid_duplicates must be True or False, got str 'no'"),
+        (dict(avoid_duplicates="False"), TypeError, "avoid_duplicates must be True or False"),
+        (dict(avoid_duplicates=1), TypeError, "avoid_duplicates must be True or False"),
+        (dict(max_load_slack="0.1"), TypeError, "max_load_slack must be a real number"),
+        (dict(max_load_slack=True), TypeError, "max_load_slack must be a real number .*got bool True"),
+        (dict(max_load_slack=-0.1), ValueError, "max_load_slack must be a finite number >= 0"),
+        (dict(max_load_slack=float("nan")), ValueError, "max_load_slack must be a finite number >= 0"),
+        (dict(max_load_slack=float("inf")), ValueError, "max_load_slack must be a finite number >= 0"),
+    ],
+)
+def test_options_are_checked_even_when_unused(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        eplb_numba.rebalance_experts(W, 16, 4, 2, 8, **kwargs)
+
+
+def test_options_accept_numpy_scalars():
+    a = eplb_numba.rebalance_experts(W, 16, 4, 2, 8, max_load_slack=np.float32(0.0), avoid_duplicates=np.bool_(False))
+    b = eplb_numba.rebalance_experts(W, 16, 4, 2, 8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("replicas", [10_000_000, 2**64])
+def test_outputs_that_cannot_fit_are_refused_with_their_size(replicas):
+    with pytest.raises(ValueError, match=r"the outputs would take .*(TiB|PiB) \(phy2log \[58, .*more than this"):
+        eplb_numba.rebalance_experts(np.ones((58, 256)), replicas * 32, 8, 4, 32)
+
+
+def test_replicate_experts_refuses_outputs_that_cannot_fit():
+    with pytest.raises(ValueError, match="outputs would take .* check num_phy"):
+        eplb_numba.replicate_experts(np.ones((1000, 8)), 10**12)
+
+
+def test_unsigned_loads_beyond_int64_are_named():
+    w = np.full((1, 8), 2**63, np.uint64)
+    for call in (lambda: eplb_numba.balanced_packing(w, 2), lambda: eplb_numba.replicate_experts(w, 9)):
+        with pytest.raises(ValueError, match=r"weight\[0, 0\] is 9223372036854775808, beyond int64"):
+            call()
+
+
+def test_balanced_packing_rejects_what_float32_cannot_sort():
+    # No RuntimeWarning (the test config turns warnings into errors): a ValueError.
+    with pytest.raises(ValueError, match=r"weight\[0, 0\] is 1e\+39, beyond the float32 range"):
+        eplb_numba.balanced_packing(np.full((1, 8), 1e39), 2)
+
+
+def test_plan_migration_names_the_map_with_bad_ids():
+    with pytest.raises(ValueError, match="old_phy2log holds expert 99"):
+        eplb_numba.plan_migration([[0, 1, 2, 99]], [[0, 1, 2, 3]], 2)
+    with pytest.raises(ValueError, match="old_phy2log holds expert -1"):
+        eplb_numba.plan_migration([[0, 1, 2, -1]], [[0, 1, 2, 3]], 2)
+    with pytest.raises(ValueError, match="new_phy2log holds expert -1"):
+        eplb_numba.plan_migration([[0, 1, 2, 3]], [[0, 1, 2, -1]], 2)
