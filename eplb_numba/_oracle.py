@@ -39,7 +39,10 @@ def balanced_packing(weight: torch.Tensor, num_packs: int):
     row = torch.arange(rows)
     # Distinct priorities make argmax unique: the lowest pack index wins.
     priority = num_packs - torch.arange(num_packs)
-    closed = torch.finfo(weight.dtype).max if weight.dtype.is_floating_point else torch.iinfo(weight.dtype).max
+    # Full packs read as the largest value: never below an open pack, and
+    # at most equal to one, which `open_` then tells apart.  Float sums can
+    # overflow to inf, so for floats that is inf, not the largest finite.
+    closed = torch.inf if weight.dtype.is_floating_point else torch.iinfo(weight.dtype).max
     for j in range(n):
         item = order[:, j]
         open_ = counts < per_pack

@@ -137,3 +137,41 @@ def test_loop_structured_oracle_agrees(rng):
             _oracle.rebalance_experts_loops(w, replicas, groups, nodes, gpus),
             _oracle.rebalance_experts(w, replicas, groups, nodes, gpus),
         )
+
+
+def test_overflowing_float32_sums():
+    # Pack loads that overflow float32 reach inf; every later comparison is
+    # then between infs, where the lowest open pack wins (the case:
+    # each expert once, none twice).
+    w = np.full((1, 6), 3e38, np.float32)
+    expected = _oracle.rebalance_experts(torch.from_numpy(w), 6, 1, 1, 2)
+    assert sorted(expected[0][0].tolist()) == list(range(6))
+    assert_same(_oracle.rebalance_experts_loops(torch.from_numpy(w), 6, 1, 1, 2), expected)
+    assert_same(eplb_numba.rebalance_experts(w, 6, 1, 1, 2), expected)
+
+
+def test_thousands_of_overflowing_cases(rng):
+    huge = np.array([0.0, 1.0, 1e37, 1e38, 2e38, 3e38, 3.4e38], dtype=np.float32)
+    cases = 0
+    for case in range(1000):
+        experts, replicas, groups, nodes, gpus = random_config(rng)
+        layers = int(rng.integers(1, 4))
+        w = huge[rng.integers(0, len(huge), (layers, experts))]
+        expected = _oracle.rebalance_experts(torch.from_numpy(w), replicas, groups, nodes, gpus)
+        if case % 8 == 0:  # the loop-structured reference is slow: a sample of the cases
+            assert_same(_oracle.rebalance_experts_loops(torch.from_numpy(w), replicas, groups, nodes, gpus), expected)
+        assert_same(eplb_torch.rebalance_experts(torch.from_numpy(w), replicas, groups, nodes, gpus), expected)
+        if groups % nodes or groups == nodes:
+            # No group sums (or one group a node): the NumPy path needs none of torch's.
+            assert_same(eplb_numba.rebalance_experts(w, replicas, groups, nodes, gpus), expected)
+        packs = [p for p in (1, 2, 3, 4) if experts % p == 0]
+        for dtype in (np.float32, np.float64):
+            p = packs[int(rng.integers(len(packs)))]
+            wd = w.astype(dtype)
+            assert_same(eplb_numba.balanced_packing(wd, p), _oracle.balanced_packing(torch.from_numpy(wd), p))
+            if case % 8 == 0:
+                assert_same(eplb_numba.balanced_packing(wd, p), _oracle.balanced_packing_loops(torch.from_numpy(wd), p))
+            assert_same(eplb_numba.replicate_experts(wd, replicas),
+                        _oracle.replicate_experts(torch.from_numpy(wd), replicas))
+        cases += 1
+    assert cases == 1000
