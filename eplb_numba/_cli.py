@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from ._io import CliError, check_output, load_loads, save_placement
 
 _COMMANDS = ("rebalance", "simulate", "bench", "warmup")
@@ -146,6 +148,17 @@ def _bar(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def _check_trace(trace, what):
+    # All of it before the first plan, so that a bad step fails in one line
+    # and not halfway through the replay.
+    from ._validate import _F32_MAX, check_weight_values
+
+    check_weight_values(trace, what)
+    if trace.size and trace.sum(axis=0, dtype=np.float64).max() > _F32_MAX:
+        raise CliError(f"{what}: loads summed over steps exceed the float32 range (3.4e38) that plans read "
+                       f"them in; rescale the trace")
+
+
 def _simulate(args):
     from ._simulate import format_simulation, simulate
 
@@ -161,6 +174,7 @@ def _simulate(args):
     if not (args.expert_mb >= 0 and args.expert_mb < float("inf")):
         raise CliError(f"--expert-mb must be a finite number >= 0, got {args.expert_mb}")
     _check_plot(args)
+    _check_trace(trace, args.trace or "the built-in trace")
     cfg = (args.replicas, args.groups, args.nodes, args.gpus)
     try:
         result = simulate(trace, cfg, every=args.every, window=args.window,

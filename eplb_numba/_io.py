@@ -15,6 +15,8 @@ import zipfile
 
 import numpy as np
 
+from ._validate import check_weight_values
+
 __all__ = ["CliError", "PLACEMENT_NAMES", "check_output", "load_loads", "save_placement"]
 
 # vLLM's names for the three maps.
@@ -174,6 +176,8 @@ def load_loads(path, keep_steps=False):
         raise CliError(f"cannot read {path} as {ext}: {type(exc).__name__}: {detail}") from None
     _check_kind(arr.dtype, path)
     _check_ndim(arr.shape, path, keep_steps)
+    # Every value, before any sum can hide one (inf - inf) or warn.
+    check_weight_values(arr, path)
     if arr.ndim == 3:
         arr = _sum_steps(arr, path)
         if not keep_steps:
