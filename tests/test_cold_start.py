@@ -150,7 +150,8 @@ def plan(w):
 with ThreadPoolExecutor(16) as pool:
     print(json.dumps(list(pool.map(plan, loads))))
 """
-    env = base_env(NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBA_THREADING_LAYER="workqueue")
+    # About threads, not compiling: the shipped kernels may serve it.
+    env = base_env(NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBA_THREADING_LAYER="workqueue", EPLB_NUMBA_SHIPPED="1")
     serial, _ = run(code, {**env, "EPLB_NUMBA_THREADS": "1"})
     threaded, _ = run(code, {**env, "EPLB_NUMBA_THREADS": "2"})
     assert threaded == serial

@@ -153,12 +153,12 @@ def test_overflowing_float32_sums():
 def test_thousands_of_overflowing_cases(rng):
     huge = np.array([0.0, 1.0, 1e37, 1e38, 2e38, 3e38, 3.4e38], dtype=np.float32)
     cases = 0
-    for case in range(1000):
+    for case in range(600):
         experts, replicas, groups, nodes, gpus = random_config(rng)
         layers = int(rng.integers(1, 4))
         w = huge[rng.integers(0, len(huge), (layers, experts))]
         expected = _oracle.rebalance_experts(torch.from_numpy(w), replicas, groups, nodes, gpus)
-        if case % 8 == 0:  # the loop-structured reference is slow: a sample of the cases
+        if case % 12 == 0:  # the loop-structured reference is slow: a sample of the cases
             assert_same(_oracle.rebalance_experts_loops(torch.from_numpy(w), replicas, groups, nodes, gpus), expected)
         assert_same(eplb_torch.rebalance_experts(torch.from_numpy(w), replicas, groups, nodes, gpus), expected)
         if groups % nodes or groups == nodes:
@@ -169,9 +169,9 @@ def test_thousands_of_overflowing_cases(rng):
             p = packs[int(rng.integers(len(packs)))]
             wd = w.astype(dtype)
             assert_same(eplb_numba.balanced_packing(wd, p), _oracle.balanced_packing(torch.from_numpy(wd), p))
-            if case % 8 == 0:
+            if case % 12 == 0:
                 assert_same(eplb_numba.balanced_packing(wd, p), _oracle.balanced_packing_loops(torch.from_numpy(wd), p))
             assert_same(eplb_numba.replicate_experts(wd, replicas),
                         _oracle.replicate_experts(torch.from_numpy(wd), replicas))
         cases += 1
-    assert cases == 1000
+    assert cases == 600

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._jit import jit
 from .assign import max_assignment
-from .moves import _holds, dedupe, layer_loads, movement_layer
+from .moves import count_held, dedupe, layer_loads, movement_layer
 from .placement import slot_order_layer
 from .plan import replicate_row
 from .slots import keep_slots, preserve_layer
@@ -34,7 +34,9 @@ def node_relabel(old, node_of, num_nodes, perm):
 def relabel_layer(old, ref, perm, num_gpus, num_nodes, num_logical, out):
     """The reference placement with its node ``a`` on old node ``perm[a]`` (see
     ``node_relabel``), its GPUs relabelled onto the old ones by optimal
-    assignment of shared experts, and experts that stay keeping their slot."""
+    assignment of shared experts, and experts that stay keeping their slot.
+    Shared experts are counted from a table of each old GPU's experts, one
+    node at a time: O(GPUs per node * slots of a node)."""
     num_phy = ref.shape[0]
     per_gpu = num_phy // num_gpus
     gpus_per_node = num_gpus // num_nodes
@@ -42,17 +44,20 @@ def relabel_layer(old, ref, perm, num_gpus, num_nodes, num_logical, out):
     assign = np.empty(gpus_per_node, dtype=np.int64)
     avail = np.zeros(num_logical, dtype=np.int64)
     skip = np.zeros(num_logical, dtype=np.int64)
+    held = np.zeros(gpus_per_node * num_logical, dtype=np.int64)
     for a in range(num_nodes):
         b = perm[a]
+        node_old = old[b * gpus_per_node * per_gpu:(b + 1) * gpus_per_node * per_gpu]
+        count_held(node_old, per_gpu, num_logical, held, 1)
         for i in range(gpus_per_node):
             src = (a * gpus_per_node + i) * per_gpu
             for j in range(gpus_per_node):
-                dst = (b * gpus_per_node + j) * per_gpu
                 shared = 0.0
                 for q in range(src, src + per_gpu):
-                    if _holds(old, dst, per_gpu, ref[q], -1):
+                    if held[j * num_logical + ref[q]] > 0:
                         shared += 1.0
                 score[i, j] = shared
+        count_held(node_old, per_gpu, num_logical, held, -1)
         max_assignment(score, assign)
         for i in range(gpus_per_node):
             src = (a * gpus_per_node + i) * per_gpu
@@ -208,7 +213,10 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
     masks = np.empty((num_nodes, words), dtype=np.uint64)
     ref_masks = np.empty((num_nodes, words), dtype=np.uint64)
     fscratch = np.empty(2 * num_phy)
-    iscratch = np.empty(num_logical + 2 * num_phy, dtype=np.int64)
+    iscratch = np.empty(num_logical + 3 * num_phy + 3 * num_gpus + 2, dtype=np.int64)
+    # Per-GPU counts only for duplicate checks (see moves.movement_layer).
+    held = np.zeros(num_gpus * num_logical if avoid_dup else 0, dtype=np.int64)
+    mark = np.zeros(num_logical, dtype=np.int64)
     moved = np.empty(num_phy, dtype=np.int64)
     avail = np.zeros(num_logical, dtype=np.int64)
     skip = np.zeros(num_logical, dtype=np.int64)
@@ -234,7 +242,7 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
                     _shares(w, cnt, share)
                     counts, shares = cnt, share
                 if movement_layer(shares, old[layer], counts, node_target, num_gpus, num_nodes, bound, avoid_dup,
-                                  moved, loads, fscratch, iscratch):
+                                  moved, loads, fscratch, iscratch, held, mark):
                     h = 1
         if h == 0:
             for e in range(num_logical):
@@ -243,14 +251,14 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
             for e in range(num_logical):
                 node_target[e] = perm[node_of[e]]
             if movement_layer(ref_share, old[layer], ref_cnt[layer], node_target, num_gpus, num_nodes, bound,
-                              avoid_dup, moved, loads, fscratch, iscratch):
+                              avoid_dup, moved, loads, fscratch, iscratch, held, mark):
                 h = 2
             else:
                 h = 3
                 relabel_layer(old[layer], ref[layer], perm, num_gpus, num_nodes, num_logical, moved)
                 if avoid_dup:
                     layer_loads(moved, ref_share, per_gpu, loads)
-                    dedupe(moved, loads, ref_share, num_gpus, num_nodes, per_gpu, bound)
+                    dedupe(moved, loads, ref_share, num_gpus, num_nodes, per_gpu, bound, held)
         how[layer] = h
         # Swaps can carry an expert off a GPU and another replica of it back
         # in a different slot: put every stayer back in its old slot.
@@ -267,6 +275,7 @@ def dedupe_layers(weight, ref, cnt, num_gpus, num_nodes, slack, out, lo, hi):
     loads = np.empty(num_gpus)
     w = np.empty(num_logical)
     share = np.empty(num_logical)
+    held = np.zeros(num_gpus * num_logical, dtype=np.int64)
     for layer in range(lo, hi):
         for e in range(num_logical):
             w[e] = weight[layer, e]
@@ -277,4 +286,4 @@ def dedupe_layers(weight, ref, cnt, num_gpus, num_nodes, slack, out, lo, hi):
         # shape-mismatch message, string formatting and all (2 s).
         for q in range(ref.shape[1]):
             out[layer, q] = ref[layer, q]
-        dedupe(out[layer], loads, share, num_gpus, num_nodes, per_gpu, bound)
+        dedupe(out[layer], loads, share, num_gpus, num_nodes, per_gpu, bound, held)

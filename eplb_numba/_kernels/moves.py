@@ -6,6 +6,14 @@ freed slots (heaviest first, lightest GPU first), then swap replicas between
 GPUs of a node only while a swap lowers the busiest GPU, until every GPU is
 within ``bound``.  ``movement.py`` chooses the counts and nodes per layer and
 falls back to the reference placement where this search misses the bound.
+
+Cost, for R slots on G GPUs (p = R / G per GPU) and E experts: a table
+``held[g * E + e]`` (replicas of e on GPU g) answers "does GPU g hold e" in
+O(1), and free slots are taken in order from a pointer per GPU, so keeping
+and placing cost O(R + missing * GPUs per node).  A swap search compares
+distinct experts, not slots (slots of one expert on one GPU are
+interchangeable), at O(slots of the node + D_g * D_h) for D distinct experts
+per GPU, instead of O(p^2) per pair of GPUs.
 """
 
 from __future__ import annotations
@@ -25,23 +33,56 @@ def layer_loads(p2l, share, per_gpu, loads):
         loads[g] = s
 
 
+# Up to this many slots per GPU, a GPU's experts are mostly distinct, and
+# grouping them costs more than comparing every slot.
+_GROUP_SLOTS = 32
+
+
 @jit
-def _holds(p2l, start, per_gpu, e, skip):
+def _firsts(out, start, per_gpu, mark, firsts, at):
+    # The lowest slot of each distinct expert among out[start:start +
+    # per_gpu], in slot order, into firsts[at:]; returns the new end.
+    # ``mark`` (one per expert) is zero on entry and on return.  Every slot
+    # up to _GROUP_SLOTS a GPU (the same choice, as a swap's merit depends
+    # on the two experts alone).
+    n = at
+    if per_gpu <= _GROUP_SLOTS:
+        for q in range(start, start + per_gpu):
+            firsts[n] = q
+            n += 1
+        return n
     for q in range(start, start + per_gpu):
-        if q != skip and p2l[q] == e:
-            return True
-    return False
+        e = out[q]
+        if mark[e] == 0:
+            mark[e] = 1
+            firsts[n] = q
+            n += 1
+    for k in range(at, n):
+        mark[out[firsts[k]]] = 0
+    return n
 
 
 @jit
-def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, avoid_dup):
+def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, avoid_dup, held, num_logical, mark,
+               firsts, bounds):
     # Swap of a slot on GPU g with a slot on another GPU of the node that
-    # leaves both below ``limit`` and lowers their larger load the most.
-    # ``slot_load[q]`` is the load of the replica in slot q.
+    # leaves both below ``limit`` and lowers their larger load the most, the
+    # first such (s, h, t) in slot order.  ``slot_load[q]`` is the load of
+    # the replica in slot q; it and every check depend only on the two
+    # experts, so each GPU's first slot of each expert stands for them all.
+    # Scratch: ``mark`` (see _firsts), ``firsts`` (a node's slots), ``bounds`` (GPUs + 2).
+    end_g = _firsts(out, g * per_gpu, per_gpu, mark, firsts, 0)
+    end = end_g
+    for h in range(first_gpu, last_gpu):
+        bounds[h - first_gpu] = end
+        if h != g:
+            end = _firsts(out, h * per_gpu, per_gpu, mark, firsts, end)
+    bounds[last_gpu - first_gpu] = end
     best = np.inf
     best_s = -1
     best_t = -1
-    for s in range(g * per_gpu, (g + 1) * per_gpu):
+    for a in range(end_g):
+        s = firsts[a]
         es = out[s]
         ls = slot_load[s]
         for h in range(first_gpu, last_gpu):
@@ -49,7 +90,8 @@ def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, av
                 continue
             base_g = loads[g] - ls
             base_h = loads[h] + ls
-            for t in range(h * per_gpu, (h + 1) * per_gpu):
+            for b in range(bounds[h - first_gpu], bounds[h - first_gpu + 1]):
+                t = firsts[b]
                 lt = slot_load[t]
                 if lt >= ls:
                     continue
@@ -59,7 +101,7 @@ def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, av
                 et = out[t]
                 if et == es:
                     continue
-                if avoid_dup and (_holds(out, g * per_gpu, per_gpu, et, s) or _holds(out, h * per_gpu, per_gpu, es, t)):
+                if avoid_dup and (held[g * num_logical + et] > 0 or held[h * num_logical + es] > 0):
                     continue
                 best = m
                 best_s = s
@@ -68,37 +110,63 @@ def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, av
 
 
 @jit
-def _swap_slots(out, loads, per_gpu, s, t, load_s, load_t):
+def _swap_slots(out, loads, per_gpu, s, t, load_s, load_t, held, num_logical):
     # Exchange the replicas of slots s and t (loads ``load_s``, ``load_t``)
-    # and move their loads between the two GPUs.
-    loads[s // per_gpu] += load_t - load_s
-    loads[t // per_gpu] += load_s - load_t
+    # and move their loads, and counts if ``held`` keeps them, between the
+    # two GPUs.
+    g = s // per_gpu
+    h = t // per_gpu
+    loads[g] += load_t - load_s
+    loads[h] += load_s - load_t
     e = out[s]
-    out[s] = out[t]
+    f = out[t]
+    if held.shape[0]:
+        held[g * num_logical + e] -= 1
+        held[g * num_logical + f] += 1
+        held[h * num_logical + f] -= 1
+        held[h * num_logical + e] += 1
+    out[s] = f
     out[t] = e
 
 
 @jit
-def dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound):
+def count_held(out, per_gpu, num_logical, held, sign):
+    """Add ``sign`` to ``held[g * E + e]`` for every slot of GPU g holding e (-1 slots skipped)."""
+    # A loop per GPU: no 64-bit division per slot to find its GPU.
+    for g in range(out.shape[0] // per_gpu):
+        base = g * num_logical
+        for q in range(g * per_gpu, (g + 1) * per_gpu):
+            e = out[q]
+            if e >= 0:
+                held[base + e] += sign
+
+
+@jit
+def dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound, held):
     """Swap away second replicas of an expert on one GPU where a swap within the
-    node keeps both GPUs within ``bound`` and creates no other duplicate."""
+    node keeps both GPUs within ``bound`` and creates no other duplicate.
+
+    ``held`` (``num_gpus * len(share)``) is zero on entry and on return.
+    """
+    num_logical = share.shape[0]
     gpus_per_node = num_gpus // num_nodes
+    count_held(out, per_gpu, num_logical, held, 1)
     for g in range(num_gpus):
         first = (g // gpus_per_node) * gpus_per_node
         for s in range(g * per_gpu, (g + 1) * per_gpu):
             es = out[s]
-            if not _holds(out, g * per_gpu, per_gpu, es, s):
+            if held[g * num_logical + es] < 2:
                 continue
             ls = share[es]
             best = np.inf
             best_t = -1
             best_lt = 0.0
             for h in range(first, first + gpus_per_node):
-                if h == g or _holds(out, h * per_gpu, per_gpu, es, -1):
+                if h == g or held[h * num_logical + es] > 0:
                     continue
                 for t in range(h * per_gpu, (h + 1) * per_gpu):
                     et = out[t]
-                    if _holds(out, g * per_gpu, per_gpu, et, -1):
+                    if held[g * num_logical + et] > 0:
                         continue
                     lt = share[et]
                     m = max(loads[g] - ls + lt, loads[h] + ls - lt)
@@ -107,19 +175,24 @@ def dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound):
                         best_t = t
                         best_lt = lt
             if best_t >= 0:
-                _swap_slots(out, loads, per_gpu, s, best_t, ls, best_lt)
+                _swap_slots(out, loads, per_gpu, s, best_t, ls, best_lt, held, num_logical)
+    count_held(out, per_gpu, num_logical, held, -1)
 
 
 @jit
 def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_dup, out, loads, fscratch,
-                   iscratch):
+                   iscratch, held, mark):
     """Movement-aware placement of one layer into ``out``; False if ``bound`` is missed.
 
     ``cnt`` are the replica counts to reach, ``share[e]`` the load of one of
     e's replicas under them (see ``layer_loads``), and ``node_target[e]``
     the node that must hold all of e's replicas.  Scratch: ``fscratch``
-    (float64, ``2 * len(old)`` long) and ``iscratch`` (int64, ``len(share) +
-    2 * len(old)`` long).
+    (float64, ``2 * len(old)`` long), ``iscratch`` (int64, ``len(share) +
+    3 * len(old) + 3 * num_gpus + 2`` long), ``mark`` (int64, one per
+    expert) and, with ``avoid_dup``, ``held`` (int64, ``num_gpus *
+    len(share)``; else empty); both zero on entry and on return.  (Without
+    duplicate checks no per-GPU counts are needed, and a table that size
+    costs more to clear than the layer to plan.)
     """
     num_phy = old.shape[0]
     num_logical = share.shape[0]
@@ -128,6 +201,11 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
     slot_load = fscratch[:num_phy]
     need = iscratch[:num_logical]
     todo = iscratch[num_logical:num_logical + num_phy]
+    base = num_logical + 2 * num_phy
+    free = iscratch[base:base + num_gpus]
+    nxt = iscratch[base + num_gpus:base + 2 * num_gpus]
+    firsts = iscratch[base + 2 * num_gpus:base + 2 * num_gpus + num_phy]
+    bounds = iscratch[base + 2 * num_gpus + num_phy:]
     for e in range(num_logical):
         need[e] = cnt[e]
     for q in range(num_phy):
@@ -142,8 +220,11 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
                 e = old[q]
                 if node_target[e] != node or need[e] == 0:
                     continue
-                if avoid_dup and _holds(out, g * per_gpu, per_gpu, e, q):
-                    continue
+                if avoid_dup:
+                    # Counted as they are kept: the checks need them now.
+                    if held[g * num_logical + e] > 0:
+                        continue
+                    held[g * num_logical + e] += 1
                 out[q] = e
                 need[e] -= 1
                 s += share[e]
@@ -166,7 +247,7 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
     # A stable merge sort, bottom up, heaviest first: replicas of equal
     # load keep expert order.
     src = todo
-    dst = iscratch[num_logical + num_phy:]
+    dst = iscratch[num_logical + num_phy:num_logical + 2 * num_phy]
     width = 1
     while width < missing:
         for lo in range(0, missing, 2 * width):
@@ -184,22 +265,35 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         src, dst = dst, src
         width *= 2
     todo = src
+    if missing:
+        # Free slots per GPU, and where the first one is.
+        for g in range(num_gpus):
+            n = 0
+            for q in range(g * per_gpu, (g + 1) * per_gpu):
+                n += out[q] < 0
+            free[g] = n
+            nxt[g] = g * per_gpu
     for k in range(missing):
         e = todo[k]
         node = node_target[e]
         best_g = -1
         best_dup = True
         for g in range(node * gpus_per_node, (node + 1) * gpus_per_node):
-            if not _holds(out, g * per_gpu, per_gpu, -1, -1):
+            if free[g] == 0:
                 continue
-            dup = avoid_dup and _holds(out, g * per_gpu, per_gpu, e, -1)
+            dup = avoid_dup and held[g * num_logical + e] > 0
             if best_g < 0 or (best_dup and not dup) or (dup == best_dup and loads[g] < loads[best_g]):
                 best_g = g
                 best_dup = dup
-        for q in range(best_g * per_gpu, (best_g + 1) * per_gpu):
-            if out[q] < 0:
-                out[q] = e
-                break
+        # Free slots fill in order, so a pointer finds the first one.
+        q = nxt[best_g]
+        while out[q] >= 0:
+            q += 1
+        out[q] = e
+        nxt[best_g] = q + 1
+        free[best_g] -= 1
+        if avoid_dup:
+            held[best_g * num_logical + e] += 1
         loads[best_g] += share[e]
     # Swap only while it lowers the busiest GPU.
     for q in range(num_phy):
@@ -218,17 +312,21 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         for h in range(first, first + gpus_per_node):
             if h != g and (light == g or loads[h] < loads[light]):
                 light = h
-        s, t = _best_swap(out, slot_load, loads, light, light + 1, per_gpu, g, loads[g], avoid_dup)
+        s, t = _best_swap(out, slot_load, loads, light, light + 1, per_gpu, g, loads[g], avoid_dup, held, num_logical,
+                          mark, firsts, bounds)
         if s < 0:
-            s, t = _best_swap(out, slot_load, loads, first, first + gpus_per_node, per_gpu, g, loads[g], avoid_dup)
+            s, t = _best_swap(out, slot_load, loads, first, first + gpus_per_node, per_gpu, g, loads[g], avoid_dup,
+                              held, num_logical, mark, firsts, bounds)
         if s < 0:
             break
-        _swap_slots(out, loads, per_gpu, s, t, slot_load[s], slot_load[t])
+        _swap_slots(out, loads, per_gpu, s, t, slot_load[s], slot_load[t], held, num_logical)
         x = slot_load[s]
         slot_load[s] = slot_load[t]
         slot_load[t] = x
     if avoid_dup:
-        dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound)
+        # ``held`` back to zero: dedupe counts afresh.
+        count_held(out, per_gpu, num_logical, held, -1)
+        dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound, held)
     for g in range(num_gpus):
         if loads[g] > bound:
             return False
