@@ -150,7 +150,7 @@ def main(argv=None):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from _docs import update
 
-        update("cold-start", text, "python bench/cold_start.py --docs")
+        update("cold-start", text, f"python bench/cold_start.py --rounds {args.rounds} --docs")
 
 
 if __name__ == "__main__":
