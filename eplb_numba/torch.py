@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 import numpy as np
 
 from . import _api
-from ._validate import _check_dtype, check_layout, check_weight_values
+from ._validate import _check_dtype, as_flag, as_slack, check_layout, check_weight_values
 
 __all__ = [
     "EplbNumbaMovementPolicy",
@@ -96,6 +96,9 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
     weight = _as_tensor(weight)
     w = _host_float32(weight)
     layout = check_layout(w.shape, num_replicas, num_groups, num_nodes, num_gpus)
+    # Checked whether or not they are used, as in the NumPy function.
+    max_load_slack = as_slack(max_load_slack)
+    avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
     sums = _group_sums(w, layout)
     if old_phy2log is not None or avoid_duplicates:
         from ._movement import beyond_reference

@@ -209,3 +209,11 @@ def test_movement_policy_takes_lists():
     got = eplb_torch.EplbNumbaMovementPolicy.rebalance_experts(w.tolist(), 40, 4, 2, 8, old.tolist())
     phy2log = got[0] if isinstance(got, tuple) else got
     assert phy2log.shape == (4, 40) and sorted(set(phy2log.flatten().tolist())) == list(range(32))
+
+
+@pytest.mark.parametrize("kwargs, exc", [(dict(avoid_duplicates="no"), TypeError), (dict(max_load_slack="0.1"), TypeError),
+                                         (dict(max_load_slack=-1.0), ValueError)])
+def test_options_are_checked_strictly(kwargs, exc):
+    w = torch.tensor((np.arange(4 * 32).reshape(4, 32) * 31) % 97)
+    with pytest.raises(exc, match=next(iter(kwargs))):
+        eplb_torch.rebalance_experts(w, 40, 4, 2, 8, **kwargs)
