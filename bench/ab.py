@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import os
 import shutil
 import statistics
@@ -45,24 +46,40 @@ def _checkout(rev, dest, name):
     os.rename(os.path.join(tmp, "eplb_numba"), target)
 
 
-def _case(name, what, row):
-    """A no-argument callable timing ``what`` with package ``name``."""
+def _case(name, what, row, inputs=1):
+    """A no-argument callable timing ``what`` with package ``name``.
+
+    With ``inputs`` > 1 the calls cycle through that many different load
+    matrices, so that no branch predictor learns one input by heart (the
+    real case: every rebalance sees new loads).
+    """
     pkg = importlib.import_module(name)
     bench = importlib.import_module(f"{name}._bench")
     workload = importlib.import_module(f"{name}._workload")
     layers, experts, replicas, groups, nodes, gpus = {**bench.MODEL_ROWS, **bench.SWEEP_ROWS}[row]
     cfg = (replicas, groups, nodes, gpus)
-    weight = workload.deepseek_v3_loads(layers, experts, seed=1)
+    weights = [workload.deepseek_v3_loads(layers, experts, seed=1 + k) for k in range(inputs)]
     if what == "full":
-        return lambda: pkg.rebalance_experts(weight, *cfg)
+        cases = itertools.cycle(weights)
+        return lambda: pkg.rebalance_experts(next(cases), *cfg)
     # The movement row of the benchmark: the loads drift 2% after the old plan.
     rng = np.random.default_rng(7)
-    new_w = np.round(weight * np.exp(0.02 * rng.standard_normal(weight.shape))).astype(np.int64)
-    old = pkg.rebalance_experts(weight, *cfg)[0]
+    drifted = []
+    for weight in weights:
+        new_w = np.round(weight * np.exp(0.02 * rng.standard_normal(weight.shape))).astype(np.int64)
+        old = pkg.rebalance_experts(weight, *cfg)[0]
+        drifted.append((old, new_w, pkg.rebalance_experts(new_w, *cfg, old_phy2log=old)[0]))
+    cases = itertools.cycle(drifted)
     if what == "movement":
-        return lambda: pkg.plan_migration(old, pkg.rebalance_experts(new_w, *cfg, old_phy2log=old)[0], gpus, nodes)
-    new = pkg.rebalance_experts(new_w, *cfg, old_phy2log=old)[0]
-    return lambda: pkg.plan_migration(old, new, gpus, nodes)
+        def movement():
+            old, new_w, _ = next(cases)
+            return pkg.plan_migration(old, pkg.rebalance_experts(new_w, *cfg, old_phy2log=old)[0], gpus, nodes)
+        return movement
+
+    def migration():
+        old, _, new = next(cases)
+        return pkg.plan_migration(old, new, gpus, nodes)
+    return migration
 
 
 def main(argv=None):
@@ -75,12 +92,14 @@ def main(argv=None):
     p.add_argument("--row", default="DeepSeek-V3 EP32", help="a benchmark row name (bench/run.py's rows)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--runs", type=int, default=60, help="calls per round")
+    p.add_argument("--inputs", type=int, default=1,
+                   help="cycle through this many different load matrices (default 1: the same every call)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as dest:
         for name, rev in (("eplb_a", args.a), ("eplb_b", args.b)):
             _checkout(rev, dest, name)
         sys.path.insert(0, dest)
-        fns = [_case(name, args.what, args.row) for name in ("eplb_a", "eplb_b")]
+        fns = [_case(name, args.what, args.row, args.inputs) for name in ("eplb_a", "eplb_b")]
         for fn in fns:
             fn()  # compile
         medians = [[], []]
@@ -97,7 +116,7 @@ def main(argv=None):
     for label, rev, low, q in zip("AB", (args.a, args.b or "working tree"), lows, quartiles):
         print(f"{label} {rev}: min of medians {low:,.0f} us, lower quartile {q:,.0f} us")
     print(f"B / A: {lows[1] / lows[0]:.3f} (min), {quartiles[1] / quartiles[0]:.3f} (quartile)  "
-          f"[{args.what}, {args.row}, {args.rounds} rounds of {args.runs}]")
+          f"[{args.what}, {args.row}, {args.rounds} rounds of {args.runs}, {args.inputs} input(s)]")
 
 
 if __name__ == "__main__":
