@@ -31,7 +31,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser():
+    from . import __version__
+
     p = _Parser(prog="eplb-numba", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"eplb-numba {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     r = sub.add_parser("rebalance", help="plan a placement and report its balance")
     r.add_argument("loads", nargs="?", help=".npy/.npz/.pt/.csv/.json of token counts, [layers, experts] "
@@ -85,7 +88,7 @@ def _check_plot(args):
 
         _pyplot()  # matplotlib, or the line that says how to install it
         check_output(args.plot, "--plot", inputs=[getattr(args, "loads", None) or getattr(args, "trace", None)],
-                     force=args.force)
+                     force=args.force, exts={".png", ".svg", ".pdf", ".jpg", ".jpeg"})
 
 
 def _rebalance(args):
@@ -220,7 +223,7 @@ def _warmup(args):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "rebalance")
     try:
         args = _parser().parse_args(argv)

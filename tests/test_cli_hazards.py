@@ -196,3 +196,9 @@ def test_errors_name_flags_not_parameters(loads):
 def test_outputs_that_cannot_fit_are_refused(loads):
     result = cli("rebalance", loads, "--replicas", "10000000000", "--groups", "4", "--nodes", "2", "--gpus", "8")
     assert_error(result, "the outputs would take", "--replicas")
+
+
+def test_plot_needs_an_image_extension(loads, tmp_path):
+    # Without one matplotlib would write noplot.png and the report would name noplot.
+    assert_error(cli("rebalance", loads, *SMALL, "--plot", tmp_path / "noplot"), "--plot", "unknown extension")
+    assert not list(tmp_path.glob("noplot*"))

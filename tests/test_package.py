@@ -69,3 +69,11 @@ def test_movement_tools_load_on_first_use():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2"
+
+
+def test_version_is_written_once_and_reported():
+    from importlib.metadata import version
+
+    assert version("eplb-numba") == eplb_numba.__version__  # pyproject reads it from the package
+    result = subprocess.run([sys.executable, "-m", "eplb_numba", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"eplb-numba {eplb_numba.__version__}"
