@@ -193,6 +193,7 @@ def test_console_script_is_installed():
 
 
 def test_simulate_small_trace(tmp_path):
+    pytest.importorskip("matplotlib")
     rng = np.random.default_rng(3)
     trace = rng.integers(0, 50, (40, 3, 16)) * (1 + np.arange(16))
     np.save(tmp_path / "trace.npy", trace)

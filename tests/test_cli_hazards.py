@@ -79,6 +79,7 @@ def test_out_is_checked_before_any_work(tmp_path, loads, out, fragments):
 
 
 def test_plot_is_checked_before_any_work(tmp_path, loads):
+    pytest.importorskip("matplotlib")
     plot = tmp_path / "balance.png"
     plot.write_bytes(b"an old picture")
     assert_error(cli("rebalance", loads, *SMALL, "--plot", plot), "--plot", "already exists")
@@ -199,6 +200,7 @@ def test_outputs_that_cannot_fit_are_refused(loads):
 
 
 def test_plot_needs_an_image_extension(loads, tmp_path):
+    pytest.importorskip("matplotlib")
     # Without one matplotlib would write noplot.png and the report would name noplot.
     assert_error(cli("rebalance", loads, *SMALL, "--plot", tmp_path / "noplot"), "--plot", "unknown extension")
     assert not list(tmp_path.glob("noplot*"))
