@@ -61,11 +61,14 @@ def main(argv=None):
             os.environ["EPLB_NUMBA_THREADS"] = str(threads)
             again = eplb_torch.rebalance_experts(w, *cfg)
             identical &= all(torch.equal(g, a) for g, a in zip(got, again))
-            row[f"cuda_end_to_end_t{threads}"] = timed(lambda: eplb_torch.rebalance_experts(w, *cfg), args.runs)
-            row[f"numpy_on_host_t{threads}"] = timed(lambda: eplb_numba.rebalance_experts(w.cpu().numpy(), *cfg), args.runs)
+            # (timed() calls them at once: binding the loop's w and cfg is safe.)
+            row[f"cuda_end_to_end_t{threads}"] = timed(lambda w=w, cfg=cfg: eplb_torch.rebalance_experts(w, *cfg),
+                                                       args.runs)
+            row[f"numpy_on_host_t{threads}"] = timed(
+                lambda w=w, cfg=cfg: eplb_numba.rebalance_experts(w.cpu().numpy(), *cfg), args.runs)
         os.environ["EPLB_NUMBA_THREADS"] = "1"
         row["identical_to_oracle"] = identical
-        row["torch_reference"] = timed(lambda: _oracle.rebalance_experts_loops(w, *cfg), 3)
+        row["torch_reference"] = timed(lambda w=w, cfg=cfg: _oracle.rebalance_experts_loops(w, *cfg), 3)
         best = min(row[f"cuda_end_to_end_t{t}"]["median_us"] for t in args.threads)
         row["speedup"] = row["torch_reference"]["median_us"] / best
         rows.append(row)

@@ -38,10 +38,7 @@ def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None, ranks=True
         logcnt = np.empty((layout.num_layers, layout.num_logical), dtype=np.int64)
     else:
         phy2log, logcnt = out
-    if ranks:
-        phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
-    else:
-        phyrank = _NO_RANKS
+    phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64) if ranks else _NO_RANKS
     run_by_layers(place_layers, layout.num_layers,
                   w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, split)
     return phy2log, phyrank if ranks else None, logcnt

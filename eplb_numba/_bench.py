@@ -195,7 +195,8 @@ def cold_start(cache_dir, processes=8):
     warm = [_child({**base, "NUMBA_CACHE_DIR": os.path.join(cache_dir, "cold")}) for _ in range(3)]
     race_env = {**base, "NUMBA_CACHE_DIR": os.path.join(cache_dir, "race")}
     procs = [
-        subprocess.Popen([sys.executable, "-c", _CHILD], env=race_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, "-c", _CHILD], env=race_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
         for _ in range(processes)
     ]
     results = [(p.communicate()[0], p.returncode) for p in procs]
@@ -268,7 +269,8 @@ def markdown(result):
     if "cold" in result:
         c = result["cold"]
         lines += ["", f"Cold start: `import eplb_numba` {c['import_s']:.2f} s; first call with a warm on-disk cache "
-                  f"{c['first_call_warm_cache_s']:.2f} s; cold compile of the first call {c['cold_compile_first_call_s']:.1f} s; "
+                  f"{c['first_call_warm_cache_s']:.2f} s; "
+                  f"cold compile of the first call {c['cold_compile_first_call_s']:.1f} s; "
                   f"{c['race_succeeded']}/{c['race_processes']} processes started at once on an empty cache succeeded, "
                   f"results identical: {c['race_identical']}."]
     return "\n".join(lines) + "\n"

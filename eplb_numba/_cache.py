@@ -94,7 +94,7 @@ def shipped_archive_name() -> str:
     return f"kernels-py{sys.version_info[0]}{sys.version_info[1]}.zip"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shipped_archive() -> zipfile.ZipFile | None:
     """The open archive of shipped kernels, or None where they do not fit this process."""
     if not _env_on("EPLB_NUMBA_SHIPPED"):

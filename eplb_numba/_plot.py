@@ -42,7 +42,8 @@ def plot_balance(path, weight, phy2log, gpus):
 
     top = max(rel(before).max(), rel(after).max())
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1, 1, 0.8]})
-    for ax, data, title in ((axes[0], rel(before), "before: experts in order"), (axes[1], rel(after), "after eplb-numba")):
+    panels = ((axes[0], rel(before), "before: experts in order"), (axes[1], rel(after), "after eplb-numba"))
+    for ax, data, title in panels:
         im = ax.imshow(data, aspect="auto", cmap="magma", vmin=0, vmax=top, interpolation="nearest")
         ax.set_title(title)
         ax.set_xlabel("GPU")

@@ -109,7 +109,8 @@ def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, p
     if ref:
         for name in names:
             copies = summary[name]["copies_per_rebalance"]
-            summary[name]["fewer_copies_than_reference"] = ref["copies_per_rebalance"] / copies if copies else float("inf")
+            fewer = ref["copies_per_rebalance"] / copies if copies else float("inf")
+            summary[name]["fewer_copies_than_reference"] = fewer
     return {"config": dict(zip(("replicas", "groups", "nodes", "gpus"), cfg)), "every": every, "window": window,
             "rebalances": len(points) - 1, "summary": summary, "per_rebalance": rows}
 
@@ -120,7 +121,8 @@ def format_simulation(result):
         f"replay: {result['rebalances']} rebalances, every {result['every']} steps from the last "
         f"{result['window']}; {c['replicas']} slots, {c['groups']} groups, {c['nodes']} nodes, {c['gpus']} GPUs",
         "",
-        f"{'policy':40}{'imbalance':>10}{'copies':>9}{'inter-node':>11}{'vs ref':>8}{'dups':>7}{'plan ms':>9}{'over peak':>10}",
+        f"{'policy':40}{'imbalance':>10}{'copies':>9}{'inter-node':>11}{'vs ref':>8}{'dups':>7}{'plan ms':>9}"
+        f"{'over peak':>10}",
     ]
     for name, s in result["summary"].items():
         ratio = s.get("fewer_copies_than_reference")

@@ -16,7 +16,8 @@ LOADS = (np.arange(4 * 16).reshape(4, 16) * 37) % 101
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "eplb_numba", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "eplb_numba", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
 
 
 def assert_error(result, *fragments):

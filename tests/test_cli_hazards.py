@@ -153,9 +153,8 @@ def test_npz_members_are_chosen_by_header_before_reading(tmp_path):
                                       eplb_numba.rebalance_experts(LOADS, 24, 4, 2, 8)[0])
     # A lone member of the wrong shape is refused from its header alone.
     lone = tmp_path / "lone.npz"
-    with zipfile.ZipFile(lone, "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("zeros.npy", "w") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**9,)})
+    with zipfile.ZipFile(lone, "w", zipfile.ZIP_DEFLATED) as archive, archive.open("zeros.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**9,)})
     assert_error(cli("rebalance", lone, *SMALL), "lone.npz", "must be 2-D", "(1000000000,)")
 
 

@@ -61,7 +61,8 @@ def test_hierarchical_helper(rng):
         w = make_loads(rng, "ties", (3, experts))
         expected = _oracle.rebalance_experts_hierarchical(torch.from_numpy(w).float(), replicas, groups, nodes, gpus)
         assert_same(eplb_numba.rebalance_experts_hierarchical(w, replicas, groups, nodes, gpus), expected)
-        assert_same(eplb_torch.rebalance_experts_hierarchical(torch.from_numpy(w), replicas, groups, nodes, gpus), expected)
+        assert_same(eplb_torch.rebalance_experts_hierarchical(torch.from_numpy(w), replicas, groups, nodes, gpus),
+                    expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])

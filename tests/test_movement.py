@@ -69,7 +69,8 @@ def test_movement_aware_contract(case, slack, avoid):
     for layer in range(new.shape[0]):  # logcnt counts and log2phy inverts phy2log
         np.testing.assert_array_equal(logcnt[layer], np.bincount(new[layer], minlength=w1.shape[1]))
         for e in range(w1.shape[1]):
-            np.testing.assert_array_equal(np.sort(log2phy[layer, e, : logcnt[layer, e]]), np.flatnonzero(new[layer] == e))
+            np.testing.assert_array_equal(np.sort(log2phy[layer, e, : logcnt[layer, e]]),
+                                          np.flatnonzero(new[layer] == e))
 
 
 @settings(max_examples=40, deadline=None)
@@ -169,7 +170,8 @@ def test_plans_are_valid_and_minimal(case):
         assert old[layer, ss] == e and ss // per == sg  # the source holds the expert
         assert new[layer, ds] == e and ds // per == dg
         node = dg // (gpus // nodes)
-        local_sources = {q // per for q in np.flatnonzero(old[layer] == e)} & set(range(node * (gpus // nodes), (node + 1) * (gpus // nodes)))
+        node_gpus = set(range(node * (gpus // nodes), (node + 1) * (gpus // nodes)))
+        local_sources = {q // per for q in np.flatnonzero(old[layer] == e)} & node_gpus
         if local_sources:
             assert sg in local_sources  # same node whenever possible
 

@@ -56,7 +56,7 @@ def test_heapsort_with_ties_matches_torch():
         keys, _ = killer_sequence(n)
         tied = np.where(keys < n / 2, 1, keys).astype(np.float32)
         hits = []
-        _introsort(range(n), lambda i, j: tied[i] > tied[j], lambda: hits.append(1))
+        _introsort(range(n), lambda i, j, tied=tied: tied[i] > tied[j], lambda hits=hits: hits.append(1))
         assert hits, n
         np.testing.assert_array_equal(ours(tied), torchs(tied))
 

@@ -21,7 +21,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype",
+                         [torch.int64, torch.int32, torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_outputs_on_input_device(device, dtype, rng):
     w = torch.from_numpy(make_loads(rng, "ties", (5, 32))).to(device=device, dtype=dtype)
     before = w.clone()
@@ -211,7 +212,8 @@ def test_movement_policy_takes_lists():
     assert phy2log.shape == (4, 40) and sorted(set(phy2log.flatten().tolist())) == list(range(32))
 
 
-@pytest.mark.parametrize("kwargs, exc", [(dict(avoid_duplicates="no"), TypeError), (dict(max_load_slack="0.1"), TypeError),
+@pytest.mark.parametrize("kwargs, exc", [(dict(avoid_duplicates="no"), TypeError),
+                                         (dict(max_load_slack="0.1"), TypeError),
                                          (dict(max_load_slack=-1.0), ValueError)])
 def test_options_are_checked_strictly(kwargs, exc):
     w = torch.tensor((np.arange(4 * 32).reshape(4, 32) * 31) % 97)

@@ -6,7 +6,6 @@ import numpy as np
 
 from .._jit import jit
 
-
 _ONE = np.uint64(1)
 
 

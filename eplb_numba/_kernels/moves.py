@@ -22,6 +22,7 @@ import numpy as np
 
 from .._jit import jit
 
+
 @jit
 def layer_loads(p2l, share, per_gpu, loads):
     """GPU loads (float64) of one layer's placement; ``share[e]`` is a replica
