@@ -100,23 +100,34 @@ def main(argv=None):
             _checkout(rev, dest, name)
         sys.path.insert(0, dest)
         fns = [_case(name, args.what, args.row, args.inputs) for name in ("eplb_a", "eplb_b")]
-        for fn in fns:
-            fn()  # compile
-        medians = [[], []]
-        for rnd in range(args.rounds):
-            for i in (0, 1) if rnd % 2 == 0 else (1, 0):
-                times = []
-                for _ in range(args.runs):
-                    start = time.perf_counter()
-                    fns[i]()
-                    times.append(time.perf_counter() - start)
-                medians[i].append(statistics.median(times) * 1e6)
+        medians = alternate(fns, args.rounds, args.runs)
+    report((f"A {args.a}", f"B {args.b or 'working tree'}"), medians,
+           f"{args.what}, {args.row}, {args.rounds} rounds of {args.runs}, {args.inputs} input(s)")
+
+
+def alternate(fns, rounds, runs):
+    """Per-round medians (us) of two callables, each called once first (compile), in alternating order."""
+    for fn in fns:
+        fn()
+    medians = [[], []]
+    for rnd in range(rounds):
+        for i in (0, 1) if rnd % 2 == 0 else (1, 0):
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                fns[i]()
+                times.append(time.perf_counter() - start)
+            medians[i].append(statistics.median(times) * 1e6)
+    return medians
+
+
+def report(labels, medians, what):
+    """Print the minimum and lower quartile of each side's per-round medians, and B over A."""
     lows = [min(m) for m in medians]
     quartiles = [sorted(m)[len(m) // 4] for m in medians]
-    for label, rev, low, q in zip("AB", (args.a, args.b or "working tree"), lows, quartiles):
-        print(f"{label} {rev}: min of medians {low:,.0f} us, lower quartile {q:,.0f} us")
-    print(f"B / A: {lows[1] / lows[0]:.3f} (min), {quartiles[1] / quartiles[0]:.3f} (quartile)  "
-          f"[{args.what}, {args.row}, {args.rounds} rounds of {args.runs}, {args.inputs} input(s)]")
+    for label, low, q in zip(labels, lows, quartiles):
+        print(f"{label}: min of medians {low:,.0f} us, lower quartile {q:,.0f} us")
+    print(f"B / A: {lows[1] / lows[0]:.3f} (min), {quartiles[1] / quartiles[0]:.3f} (quartile)  [{what}]")
 
 
 if __name__ == "__main__":

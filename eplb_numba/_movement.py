@@ -14,7 +14,7 @@ from ._api import _policy_shape, empty_maps, maps_in_slot_order, ref_plan
 from ._jit import run_by_layers
 from ._kernels.migration import gather_copies, migration_rows
 from ._kernels.movement import dedupe_layers, movement_layers
-from ._validate import as_count, as_slack, check_layout, kernel_array
+from ._validate import as_count, check_layout, kernel_array
 
 __all__ = ["Migration", "plan_migration"]
 
@@ -67,9 +67,10 @@ def beyond_reference(w, layout, group_sums, old_phy2log, max_load_slack, avoid_d
     ``group_sums`` as for ``_api._place``.  Returns ``(phy2log, log2phy,
     logcnt, how)``; ``how[layer]`` is 1 where the old groups-to-nodes split
     was kept, 2 where the reference's split was, 3 where the relabelled
-    reference placement was used, 0 otherwise.
+    reference placement was used, 0 otherwise.  ``max_load_slack`` and
+    ``avoid_duplicates`` come checked (``as_slack``, ``as_flag``) by the callers.
     """
-    slack = as_slack(max_load_slack)
+    slack = max_load_slack
     groups, nodes, _ = _policy_shape(layout, group_sums)
     how = np.zeros(layout.num_layers, dtype=np.int64)
     old = None if old_phy2log is None else check_placement(old_phy2log, layout)

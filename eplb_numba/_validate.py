@@ -6,6 +6,7 @@ and says how to fix it.  Nothing here writes into its arguments.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import operator
 import os
@@ -52,7 +53,9 @@ def as_slack(value, name: str = "max_load_slack") -> float:
     return slack
 
 
+@functools.cache
 def _physical_memory() -> int | None:
+    # Read once: check_layout runs on every plan, and the machine's memory does not change.
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):

@@ -33,6 +33,8 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEST = os.path.join(ROOT, "eplb_numba", "_compiled")
+sys.path.insert(0, ROOT)
+from eplb_numba._cache import PORTABLE_CPU  # noqa: E402
 
 _CHILD = """
 import json, sys
@@ -46,9 +48,6 @@ print(json.dumps([_cache.shipped_archive_name(), _cache.shipped_manifest()]))
 
 def build(python: str) -> str:
     """Compile every kernel with ``python`` and write its archive; returns the archive's path."""
-    sys.path.insert(0, ROOT)
-    from eplb_numba._cache import PORTABLE_CPU
-
     with tempfile.TemporaryDirectory() as cache:
         # EPLB_NUMBA_SHIPPED=0: nothing may come from an archive built before.
         env = dict(os.environ, NUMBA_CPU_NAME=PORTABLE_CPU, NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=cache,
