@@ -54,9 +54,12 @@ def _case(name, what, row, inputs=1):
     real case: every rebalance sees new loads).
     """
     pkg = importlib.import_module(name)
-    bench = importlib.import_module(f"{name}._bench")
-    workload = importlib.import_module(f"{name}._workload")
-    layers, experts, replicas, groups, nodes, gpus = {**bench.MODEL_ROWS, **bench.SWEEP_ROWS}[row]
+    # The rows and loads are inputs, the same for both versions: this tree's.
+    from harness import MODEL_ROWS, SWEEP_ROWS
+
+    from eplb_numba.cli import workload
+
+    layers, experts, replicas, groups, nodes, gpus = {**MODEL_ROWS, **SWEEP_ROWS}[row]
     cfg = (replicas, groups, nodes, gpus)
     weights = [workload.deepseek_v3_loads(layers, experts, seed=1 + k) for k in range(inputs)]
     if what == "full":

@@ -32,21 +32,21 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PKG = os.path.join(ROOT, "eplb_numba")
 
-# Loads from the package's workload module, loaded by path: no eplb_numba import.
+# Loads from the package's workload module and the reference from the tests'
+# oracle, loaded by path: no eplb_numba import.
 _LOADS = f"""
 import importlib.util
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, {PKG!r} + "/" + name + ".py")
+def _load(path):
+    spec = importlib.util.spec_from_file_location("m" + str(abs(hash(path))), {ROOT!r} + "/" + path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-w = _load("_workload").deepseek_v3_loads(58, 256, seed=1)
+w = _load("eplb_numba/cli/workload.py").deepseek_v3_loads(58, 256, seed=1)
 """
 
 REFERENCE = "import torch\n" + _LOADS + """
-ref = _load("_oracle")
+ref = _load("tests/oracle.py")
 ref.rebalance_experts_loops(torch.from_numpy(w), 288, 8, 4, 32)
 """
 
@@ -60,7 +60,7 @@ assert eplb_numba.__file__.startswith(os.environ["PYTHONPATH"].split(os.pathsep)
 """
 
 FIRST_PLAN = _FRESH + """
-from eplb_numba._workload import deepseek_v3_loads
+from eplb_numba.cli.workload import deepseek_v3_loads
 eplb_numba.rebalance_experts(deepseek_v3_loads(58, 256, seed=1), 288, 8, 4, 32)
 """
 

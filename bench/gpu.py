@@ -15,12 +15,12 @@ import os
 import sys
 
 import torch
+from harness import MODEL_ROWS, _fmt, _summary, _times, machine
+from harness import oracle as _oracle
 
 import eplb_numba
-from eplb_numba import _oracle
 from eplb_numba import torch as eplb_torch
-from eplb_numba._bench import MODEL_ROWS, _fmt, _summary, _times, machine
-from eplb_numba._workload import deepseek_v3_loads
+from eplb_numba.cli.workload import deepseek_v3_loads
 
 
 def timed(fn, runs):

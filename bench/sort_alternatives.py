@@ -18,9 +18,9 @@ import time
 import numpy as np
 
 from eplb_numba._jit import jit
-from eplb_numba._kernels.plan import replicate_rows
+from eplb_numba._kernels.replication import replicate_rows
 from eplb_numba._kernels.sort import LOW, SORT_STACK_SIZE, argsort_desc
-from eplb_numba._workload import deepseek_v3_loads
+from eplb_numba.cli.workload import deepseek_v3_loads
 
 
 @jit

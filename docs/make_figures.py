@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from eplb_numba import rebalance_experts
-from eplb_numba._plot import plot_balance, plot_policy
-from eplb_numba._workload import default_loads
+from eplb_numba.cli.plot import plot_balance, plot_policy
+from eplb_numba.cli.workload import default_loads
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "img")
 

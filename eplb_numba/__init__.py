@@ -30,7 +30,7 @@ __all__ = [
 
 # The movement-aware tools compile their own kernels; load them on first use
 # so that ``import eplb_numba`` stays fast.
-_LAZY = {"Migration": "._movement", "plan_migration": "._movement"}
+_LAZY = {"Migration": "._migration", "plan_migration": "._migration"}
 
 
 def __getattr__(name):

@@ -1,13 +1,16 @@
-"""NumPy entry points: validate, allocate, call the kernels."""
+"""The public NumPy functions: check the arguments, then call the engine."""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable
 
-from ._jit import run_by_layers
-from ._kernels.placement import place_layers, slot_order_maps
-from ._kernels.plan import SCAN_PACKS, pack_rows, pack_rows_f32, replicate_rows
-from ._validate import _F32_MAX, as_count, as_flag, as_slack, as_weight, check_layout, check_output_size
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import _engine
+from ._kernels.packing import SCAN_PACKS, pack_rows, pack_rows_f32
+from ._kernels.replication import replicate_rows
+from ._validate import F32_MAX, as_count, as_flag, as_slack, as_weight, check_layout, check_output_size
 
 __all__ = [
     "balanced_packing",
@@ -17,59 +20,10 @@ __all__ = [
     "replicate_experts",
 ]
 
-_NO_SUMS = np.empty((0, 0), dtype=np.float32)
-# Zero layers: the kernel skips log2phy.
-_NO_LOG2PHY = np.empty((0, 0, 0), dtype=np.int64)
-# Zero layers: the kernel skips the replica ranks (log2phy holds them).
-_NO_RANKS = np.empty((0, 0), dtype=np.int64)
-# Zero layers: the kernel skips each group's node.
-_NO_SPLIT = np.empty((0, 0), dtype=np.int64)
 
-
-def _place(w, layout, group_sums=None, log2phy=_NO_LOG2PHY, out=None, ranks=True, split=_NO_SPLIT):
-    """One kernel call for the whole plan; ``out`` takes preallocated (phy2log, logcnt).
-
-    Returns ``(phy2log, phyrank, logcnt)``; ``phyrank`` is None unless ``ranks``.
-    ``split`` [layers, groups], if given, receives each group's node.
-    """
-    groups, nodes, group_sums = _policy_shape(layout, group_sums)
-    if out is None:
-        phy2log = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
-        logcnt = np.empty((layout.num_layers, layout.num_logical), dtype=np.int64)
-    else:
-        phy2log, logcnt = out
-    phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64) if ranks else _NO_RANKS
-    run_by_layers(place_layers, layout.num_layers,
-                  w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, split)
-    return phy2log, phyrank if ranks else None, logcnt
-
-
-def _policy_shape(layout, group_sums):
-    """``(groups, nodes, group_sums)`` as the kernels take them."""
-    # The global policy is the hierarchical routine with one group, one node.
-    if not layout.hierarchical:
-        return 1, 1, _NO_SUMS
-    groups, nodes = layout.num_groups, layout.num_nodes
-    if group_sums is None or groups == nodes:
-        group_sums = _NO_SUMS
-    return groups, nodes, group_sums
-
-
-def ref_plan(w, layout, group_sums=None):
-    """What the movement-aware plan needs of the reference.
-
-    Returns ``(phy2log, logcnt, split)``: the reference's placement, its
-    replica counts, and the node of each expert group (``[layers, 1]`` of
-    zeros for the global policy).
-    """
-    groups, _, _ = _policy_shape(layout, group_sums)
-    split = np.empty((layout.num_layers, groups), dtype=np.int64)
-    phy2log, _, logcnt = _place(w, layout, group_sums, ranks=False, split=split)
-    return phy2log, logcnt, split
-
-
-def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, old_phy2log=None,
-                      max_load_slack=0.0, avoid_duplicates=False):
+def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int, *,
+                      old_phy2log: ArrayLike | None = None, max_load_slack: float = 0.0,
+                      avoid_duplicates: bool = False) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """Plan replicas and their placement from per-expert loads.
 
     Bit-identical to vLLM's ``rebalance_experts`` (DeepSeek's EPLB): the
@@ -130,25 +84,12 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
     max_load_slack = as_slack(max_load_slack)
     avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
     if old_phy2log is None and not avoid_duplicates:
-        return _rebalance(w, layout)
-    from ._movement import beyond_reference
-
-    return beyond_reference(w, layout, None, old_phy2log, max_load_slack, avoid_duplicates)[:3]
+        return _engine.rebalance(w, layout)
+    return _engine.beyond_reference(w, layout, None, old_phy2log, max_load_slack, avoid_duplicates)[:3]
 
 
-def _rebalance(w, layout, group_sums=None, out=None):
-    """Kernel call behind ``rebalance_experts``; ``out`` takes preallocated outputs."""
-    if out is None:
-        max_count = layout.num_replicas - layout.num_logical + 1
-        log2phy = np.empty((layout.num_layers, layout.num_logical, max_count), dtype=np.int64)
-        phy2log, _, logcnt = _place(w, layout, group_sums, log2phy, ranks=False)
-    else:
-        phy2log, log2phy, logcnt = out
-        _place(w, layout, group_sums, log2phy, out=(phy2log, logcnt), ranks=False)
-    return phy2log, log2phy, logcnt
-
-
-def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num_nodes, num_gpus):
+def rebalance_experts_hierarchical(weight: ArrayLike, num_physical_experts: int, num_groups: int, num_nodes: int,
+                                   num_gpus: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """The reference's hierarchical policy, returning replica ranks.
 
     Parameters
@@ -173,10 +114,10 @@ def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num
     """
     w = as_weight(weight)
     layout = check_layout(w.shape, num_physical_experts, num_groups, num_nodes, num_gpus, policy="hierarchical")
-    return _place(w, layout)
+    return _engine.place(w, layout)
 
 
-def balanced_packing(weight, num_packs):
+def balanced_packing(weight: ArrayLike, num_packs: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Pack each row's ``n`` items into ``num_packs`` packs of ``n // num_packs``.
 
     Items go heaviest first (torch's sort order, ties included) to the
@@ -203,9 +144,9 @@ def balanced_packing(weight, num_packs):
             f"num_packs ({num_packs}) must divide the number of items per row "
             f"({n}, weight.shape[1]) so every pack gets the same count"
         )
-    if w.dtype == np.float64 and w.size and w.max() > _F32_MAX:
+    if w.dtype == np.float64 and w.size and w.max() > F32_MAX:
         # Sorted as float32 (as the reference sorts): such a load has no float32 value.
-        where = tuple(int(i) for i in np.argwhere(w > _F32_MAX)[0])
+        where = tuple(int(i) for i in np.argwhere(w > F32_MAX)[0])
         raise ValueError(f"weight{list(where)} is {w[where].item()!r}, beyond the float32 range (3.4e38) that "
                          f"items are sorted in; rescale the weights")
     pack_index = np.empty((rows, n), dtype=np.int64)
@@ -219,7 +160,8 @@ def balanced_packing(weight, num_packs):
     return pack_index, rank_in_pack
 
 
-def replicate_experts(weight, num_phy):
+def replicate_experts(weight: ArrayLike,
+                      num_phy: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """Add replicas one at a time to the expert with the highest load per replica.
 
     Parameters
@@ -259,36 +201,6 @@ def replicate_experts(weight, num_phy):
     return phy2log, rank, logcnt
 
 
-def _preserve_slots(phy2log, old_phy2log, num_gpus, num_logical):
-    """Slot-preserving reorder of ``phy2log`` and its ``log2phy``.
-
-    ``old_phy2log`` must already be an int64 array of ``phy2log``'s shape.
-    """
-    from ._kernels.slots import preserve_slots
-
-    out = np.empty_like(phy2log)
-    preserve_slots(phy2log, old_phy2log, num_gpus, num_logical, out)
-    return out, maps_in_slot_order(out, num_logical)[0]
-
-
-def maps_in_slot_order(phy2log, num_logical):
-    """``(log2phy, logcnt)`` of any placement, replica ranks in slot order (-1 padded).
-
-    For placements other than the reference's own, whose ranks come from
-    the order replicas were made.
-    """
-    log2phy, logcnt = empty_maps(*phy2log.shape, num_logical)
-    if phy2log.shape[0]:
-        slot_order_maps(phy2log, log2phy, logcnt)
-    return log2phy, logcnt
-
-
-def empty_maps(num_layers, num_phy, num_logical):
-    """Uninitialised ``(log2phy, logcnt)`` for a placement of that shape."""
-    log2phy = np.empty((num_layers, num_logical, num_phy - num_logical + 1), dtype=np.int64)
-    return log2phy, np.empty((num_layers, num_logical), dtype=np.int64)
-
-
 def _warmup_steps():
     """``(what, call)`` pairs that between them compile every kernel, for ``warmup``.
 
@@ -296,7 +208,7 @@ def _warmup_steps():
     wrappers copy what is read-only, strided or of another dtype), so one
     call per kernel and dtype covers them; threads run the same kernels.
     """
-    from ._movement import plan_migration
+    from ._migration import plan_migration
 
     w = np.arange(2 * 16, dtype=np.float32).reshape(2, 16)
     layout = check_layout(w.shape, 24, 4, 2, 8)
@@ -311,19 +223,20 @@ def _warmup_steps():
             plan_migration(old, moved, gpus, nodes)
 
     return [
-        ("plan", lambda: (rebalance_experts(w, 24, 4, 2, 8), _rebalance(w, layout, sums),
+        ("plan", lambda: (rebalance_experts(w, 24, 4, 2, 8), _engine.rebalance(w, layout, sums),
                           rebalance_experts_hierarchical(w, 24, 4, 2, 8))),
         ("packing and replication helpers", lambda: [
             (balanced_packing(w.astype(dt), 4), balanced_packing(w.astype(dt), 16),
              replicate_experts(w.astype(dt), 20))
             for dt in (np.float32, np.float64, np.int64)]),
-        ("slot preservation", lambda: _preserve_slots(p2l, old, 8, 16)),
+        ("slot preservation", lambda: _engine.preserve_slots(p2l, old, 8, 16)),
         ("movement-aware plans and migration", movement),
         ("duplicate avoidance", lambda: rebalance_experts(w, 24, 4, 2, 8, avoid_duplicates=True)),
     ]
 
 
-def warmup(parallel: bool | None = None, progress=None) -> float:
+def warmup(parallel: bool | None = None,
+           progress: Callable[[int, int, str, float], object] | None = None) -> float:
     """Compile (or load from the on-disk cache) every kernel.
 
     Call it before serving starts so that no plan pays a compile; it covers

@@ -41,7 +41,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 # Numba's cache files of code for x86-64-v2, the baseline of x86-64 CPUs
 # since 2009, one archive per Python version.  In one process that code
 # planned at 0.99x of code tuned to the development machine's CPU, where
-# plain "generic" x86-64 took 1.16x (docs/benchmarks.md).
+# plain "generic" x86-64 took 1.16x (bench/shipped_ab.py, 2-core development machine).
 SHIPPED_DIR = os.path.join(_HERE, "_compiled")
 PORTABLE_CPU = "x86-64-v2"
 _PORTABLE_FEATURES = ("cx16", "popcnt", "sahf", "sse3", "sse4.1", "sse4.2", "ssse3")
@@ -99,7 +99,7 @@ def shipped_archive() -> zipfile.ZipFile | None:
     """The open archive of shipped kernels, or None where they do not fit this process."""
     if not _env_on("EPLB_NUMBA_SHIPPED"):
         return None  # EPLB_NUMBA_SHIPPED=0: compile on this machine, as without them
-    if numba.config.CPU_NAME not in (None, PORTABLE_CPU):
+    if getattr(numba.config, "CPU_NAME", None) not in (None, PORTABLE_CPU):
         return None  # the user asked Numba for code for some other CPU
     try:
         archive = zipfile.ZipFile(os.path.join(SHIPPED_DIR, shipped_archive_name()))
@@ -212,7 +212,7 @@ class _FallbackImpl(CompileResultCacheImpl):
 
 
 class _FallbackCache(_SafeCache):
-    _impl_class = _FallbackImpl
+    _impl_class = _FallbackImpl  # type: ignore[assignment]  # numba's stub types the base's as None
 
 
 def attach_cache(dispatcher) -> None:

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -133,7 +134,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL[0]
 
 
-def run_by_layers(kernel, num_layers: int, *args) -> None:
+def run_by_layers(kernel: Callable[..., object], num_layers: int, *args: object) -> None:
     """``kernel(*args, lo, hi)`` over all layers, split into blocks over ``parallel_threads()``.
 
     Kernels release the GIL, so plain Python threads run the blocks in

@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ["Layout", "as_count", "as_flag", "as_slack", "as_weight", "check_layout", "check_output_size",
            "check_weight_values", "kernel_array"]
 
-_F32_MAX = float(np.finfo(np.float32).max)
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 def as_count(value, name: str, *, minimum: int = 1) -> int:
@@ -100,7 +100,7 @@ def kernel_array(arr, dtype) -> np.ndarray:
     return out
 
 
-def _check_dtype(dtype: np.dtype, name: str) -> None:
+def check_dtype(dtype: np.dtype, name: str) -> None:
     if dtype.kind == "c":
         raise TypeError(f"{name} must be real, got complex dtype {dtype}; pass token counts as ints or floats")
     if dtype.kind == "b":
@@ -157,7 +157,7 @@ def as_weight(weight, name: str = "weight", *, dtype=np.float32) -> np.ndarray:
         arr = np.asarray(weight)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{name} must be a rectangular 2-D array of loads: {exc}") from None
-    _check_dtype(arr.dtype, name)
+    check_dtype(arr.dtype, name)
     if arr.ndim != 2:
         raise ValueError(
             f"{name} must be 2-D [layers, experts], got {arr.ndim}-D with shape {arr.shape}; "
@@ -228,7 +228,8 @@ def check_layout(shape, num_replicas, num_groups, num_nodes, num_gpus, *, policy
             f"hierarchical policy; use rebalance_experts, which falls back to the global policy"
         )
     hierarchical = num_groups % num_nodes == 0
-    outputs = [("phy2log", (num_layers, num_replicas)), ("logcnt", (num_layers, num_logical))]
+    outputs: list[tuple[str, tuple[int, ...]]] = [("phy2log", (num_layers, num_replicas)),
+                                                ("logcnt", (num_layers, num_logical))]
     if policy == "hierarchical":
         outputs.append(("phyrank", (num_layers, num_replicas)))
     else:
@@ -246,3 +247,45 @@ def check_layout(shape, num_replicas, num_groups, num_nodes, num_gpus, *, policy
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def as_ids(value, name):
+    """``value`` as a C-contiguous int64 array and ``(lo, max)``, or a TypeError.
+
+    ``lo`` is negative when some id is, else 0; ``(0, -1)`` for no ids.
+    """
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer expert ids, got dtype {arr.dtype}; pass the current phy2log")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds expert {int(arr.max())}; it must come from a placement of the same model")
+    arr = kernel_array(arr, np.int64)
+    if not arr.size:
+        return arr, (0, -1)
+    # One pass: viewed unsigned, a negative id wraps above every valid one.
+    top = int(arr.view(np.uint64).max())
+    if top > np.iinfo(np.int64).max:
+        return arr, (-1, int(arr.max()))
+    return arr, (0, top)
+
+
+def check_ids(arr, span, layout, name):
+    expected = (layout.num_layers, layout.num_replicas)
+    if arr.shape != expected:
+        raise ValueError(
+            f"{name} must have shape {expected} (layers, num_replicas), got {arr.shape}; "
+            f"pass the placement currently deployed for the same model and slot count"
+        )
+    if span[0] < 0 or span[1] >= layout.num_logical:
+        bad = arr[(arr < 0) | (arr >= layout.num_logical)][0]
+        raise ValueError(
+            f"{name} holds expert {int(bad)}, outside 0..{layout.num_logical - 1}; "
+            f"it must come from a placement of the same model"
+        )
+
+
+def check_placement(old, layout, name="old_phy2log"):
+    """``old`` as a C-contiguous int64 [layers, num_replicas] array of valid experts."""
+    arr, span = as_ids(old, name)
+    check_ids(arr, span, layout, name)
+    return arr

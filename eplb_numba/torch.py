@@ -16,10 +16,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "(or `pip install torch`), or use the NumPy API in `eplb_numba`"
     ) from exc
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
-from . import _api
-from ._validate import _check_dtype, as_flag, as_slack, check_layout, check_weight_values
+from . import _api, _engine
+from ._validate import as_flag, as_slack, check_dtype, check_layout, check_weight_values
 
 __all__ = [
     "EplbNumbaMovementPolicy",
@@ -35,7 +38,7 @@ __all__ = [
 def _as_tensor(weight, name="weight"):
     if not isinstance(weight, _torch.Tensor):
         arr = np.asarray(weight)
-        _check_dtype(arr.dtype, name)
+        check_dtype(arr.dtype, name)
         weight = _torch.from_numpy(np.ascontiguousarray(arr))
     if weight.is_meta:
         raise ValueError(f"{name} is on the meta device and holds no values; pass a tensor of token counts")
@@ -73,7 +76,7 @@ def _group_sums(w, layout):
     return w.unflatten(-1, (layout.num_groups, layout.num_logical // layout.num_groups)).sum(-1).numpy()
 
 
-def _to_device(arrays, device):
+def _to_device(arrays, device) -> Any:
     out = tuple(_torch.from_numpy(a) for a in arrays)
     if device.type == "cpu":
         return out
@@ -83,8 +86,9 @@ def _to_device(arrays, device):
     return tuple(t.pin_memory().to(device, non_blocking=True) for t in out)
 
 
-def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, old_phy2log=None,
-                      max_load_slack=0.0, avoid_duplicates=False):
+def rebalance_experts(weight: _torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int, *,
+                      old_phy2log: _torch.Tensor | Sequence | None = None, max_load_slack: float = 0.0,
+                      avoid_duplicates: bool = False) -> tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor]:
     """:func:`eplb_numba.rebalance_experts` over a tensor on any device.
 
     Returns ``(phy2log, log2phy, logcnt)`` as int64 tensors on
@@ -101,15 +105,13 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
     avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
     sums = _group_sums(w, layout)
     if old_phy2log is not None or avoid_duplicates:
-        from ._movement import beyond_reference
-
-        if isinstance(old_phy2log, _torch.Tensor):
-            old_phy2log = old_phy2log.detach().cpu().numpy()
-        out = beyond_reference(w.numpy(), layout, sums, old_phy2log, max_load_slack, avoid_duplicates)[:3]
+        old = old_phy2log.detach().cpu().numpy() if isinstance(old_phy2log, _torch.Tensor) else old_phy2log
+        out = _engine.beyond_reference(w.numpy(), layout, sums, old, max_load_slack, avoid_duplicates)[:3]
         return _to_device(out, weight.device)
     device = weight.device
     if device.type == "cpu":
-        return tuple(_torch.from_numpy(a) for a in _api._rebalance(w.numpy(), layout, sums))
+        phy2log, log2phy, logcnt = _engine.rebalance(w.numpy(), layout, sums)
+        return _torch.from_numpy(phy2log), _torch.from_numpy(log2phy), _torch.from_numpy(logcnt)
     shapes = (
         (layout.num_layers, layout.num_replicas),
         (layout.num_layers, layout.num_logical, layout.num_replicas - layout.num_logical + 1),
@@ -117,17 +119,19 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
     )
     pin = device.type == "cuda"
     host = tuple(_torch.empty(s, dtype=_torch.int64, pin_memory=pin) for s in shapes)
-    _api._rebalance(w.numpy(), layout, sums, out=tuple(t.numpy() for t in host))
-    return tuple(t.to(device, non_blocking=pin) for t in host)
+    _engine.rebalance(w.numpy(), layout, sums, out=tuple(t.numpy() for t in host))
+    phy2log, log2phy, logcnt = (t.to(device, non_blocking=pin) for t in host)
+    return phy2log, log2phy, logcnt
 
 
-def rebalance_experts_hierarchical(weight, num_physical_experts, num_groups, num_nodes, num_gpus):
+def rebalance_experts_hierarchical(weight: _torch.Tensor, num_physical_experts: int, num_groups: int, num_nodes: int,
+                                   num_gpus: int) -> tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor]:
     """:func:`eplb_numba.rebalance_experts_hierarchical` over a tensor (read as float32)."""
     weight = _as_tensor(weight)
     w = _host_float32(weight)
     layout = check_layout(w.shape, num_physical_experts, num_groups, num_nodes, num_gpus, policy="hierarchical")
     sums = _group_sums(w, layout)
-    return _to_device(_api._place(w.numpy(), layout, sums), weight.device)
+    return _to_device(_engine.place(w.numpy(), layout, sums), weight.device)
 
 
 def _host_numpy(weight):
@@ -137,13 +141,13 @@ def _host_numpy(weight):
     return weight.cpu().numpy(), weight.device
 
 
-def balanced_packing(weight, num_packs):
+def balanced_packing(weight: _torch.Tensor, num_packs: int) -> tuple[_torch.Tensor, _torch.Tensor]:
     """:func:`eplb_numba.balanced_packing` over a tensor; int64 results on its device."""
     w, device = _host_numpy(weight)
     return _to_device(_api.balanced_packing(w, num_packs), device)
 
 
-def replicate_experts(weight, num_phy):
+def replicate_experts(weight: _torch.Tensor, num_phy: int) -> tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor]:
     """:func:`eplb_numba.replicate_experts` over a tensor; int64 results on its device."""
     w, device = _host_numpy(weight)
     return _to_device(_api.replicate_experts(w, num_phy), device)
@@ -157,7 +161,7 @@ def _keep_old_slots(phy2log, old, num_gpus, num_logical):
             f"got {tuple(old.shape)}; pass the current physical_to_logical_map"
         )
     old_np = old.cpu().to(_torch.int64).contiguous().numpy()
-    return _to_device(_api._preserve_slots(phy2log.cpu().numpy(), old_np, num_gpus, num_logical), phy2log.device)
+    return _to_device(_engine.preserve_slots(phy2log.cpu().numpy(), old_np, num_gpus, num_logical), phy2log.device)
 
 
 def _policy_base():
@@ -175,7 +179,11 @@ def _returns_tuple(base) -> bool:
     return "tuple" in str(annotation).lower()
 
 
-class EplbNumbaPolicy(_policy_base()):
+# vLLM's AbstractEplbPolicy where vLLM is installed, else object: typed as Any.
+_PolicyBase: Any = _policy_base()
+
+
+class EplbNumbaPolicy(_PolicyBase):
     """vLLM EPLB policy running the bit-identical Numba planner.
 
     Matches ``AbstractEplbPolicy.rebalance_experts``: a classmethod taking
@@ -187,13 +195,13 @@ class EplbNumbaPolicy(_policy_base()):
     @classmethod
     def rebalance_experts(
         cls,
-        weight,
+        weight: _torch.Tensor,
         num_replicas: int,
         num_groups: int,
         num_nodes: int,
         num_ranks: int,
-        old_global_expert_indices=None,
-    ):
+        old_global_expert_indices: _torch.Tensor | None = None,
+    ) -> tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor] | _torch.Tensor:
         phy2log, log2phy, logcnt = cls._plan(
             weight, num_replicas, num_groups, num_nodes, num_ranks, old_global_expert_indices
         )
@@ -233,7 +241,7 @@ class EplbNumbaMovementPolicy(EplbNumbaPolicy):
                                  max_load_slack=cls.MAX_LOAD_SLACK, avoid_duplicates=cls.AVOID_DUPLICATES)
 
 
-def install_vllm_policy(policy=None) -> None:
+def install_vllm_policy(policy: type | None = None) -> None:
     """Make vLLM's ``default`` EPLB policy run ``policy`` in this process.
 
     vLLM's ``--eplb-config '{"policy": ...}'`` accepts only its own names,

@@ -116,7 +116,7 @@ def test_plot(tmp_path):
 
 def test_plot_without_matplotlib_says_how_to_install(tmp_path):
     np.save(tmp_path / "l.npy", LOADS)
-    code = ("import sys; sys.modules['matplotlib'] = None; from eplb_numba._cli import main; "
+    code = ("import sys; sys.modules['matplotlib'] = None; from eplb_numba.cli import main; "
             f"sys.exit(main([{str(tmp_path / 'l.npy')!r}, '--replicas', '24', '--groups', '4', '--nodes', '2', "
             f"'--gpus', '8', '--plot', {str(tmp_path / 'b.png')!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -153,34 +153,12 @@ def test_error_paths(tmp_path):
     assert_error(cli(tmp_path / "multi.npz"), "several arrays")
 
 
-def test_bench_movement_row_times_it_alternately_with_the_reference():
-    from eplb_numba import _bench
-
-    mv = _bench.movement_row(runs=20, budget_s=20.0)  # a budget that never cuts the 20 runs short
-    mine, plain = mv["movement_plus_migration"], mv["reference_alone"]
-    assert mine["runs"] == plain["runs"] == 20
-    assert mv["ratio_to_reference"] == pytest.approx(mine["median_us"] / plain["median_us"])
-    assert 0 < mv["copies_movement_aware"] * 5 <= mv["copies_reference"]
-    text = _bench.markdown({"machine": _bench.machine(), "rows": [], "movement": mv})
-    assert f"{mv['ratio_to_reference']:.2f}x" in text and "timed alternately" in text
-
-
 def test_warmup_command():
     result = cli("warmup")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("every kernel compiled or loaded from the cache in ")
     steps = [line for line in result.stderr.splitlines() if line.startswith("[")]
     assert len(steps) == 5 and steps[0].startswith("[1/5] plan: ") and steps[-1].startswith("[5/5] ")
-
-
-def test_bench_command_runs_one_row_with_progress():
-    pytest.importorskip("torch")
-    result = cli("bench", "--quick", "--only", "DeepSeek-V3 EP32")
-    assert result.returncode == 0, result.stderr
-    assert "[" in result.stderr and "1/1 DeepSeek-V3 EP32" in result.stderr
-    row = [line for line in result.stdout.splitlines() if line.startswith("| DeepSeek-V3 EP32")][0]
-    assert "hierarchical" in row and row.count("|") == 10
-    assert_error(cli("bench", "--only", "no such row"), "matches no benchmark row")
 
 
 def test_console_script_is_installed():

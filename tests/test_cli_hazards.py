@@ -87,18 +87,6 @@ def test_plot_is_checked_before_any_work(tmp_path, loads):
     assert_error(cli("rebalance", loads, *SMALL, "--plot", "/nonexistent/x.png"), "--plot", "no such directory")
 
 
-def test_bench_out_is_checked_before_the_benchmark(tmp_path):
-    existing = tmp_path / "existing.npy"
-    existing.write_bytes(b"keep me")
-    assert_error(cli("bench", "--quick", "--out", existing), "--out", "is a file")
-    assert existing.read_bytes() == b"keep me"
-    folder = tmp_path / "results"
-    folder.mkdir()
-    (folder / "benchmarks.md").write_text("an earlier run")
-    assert_error(cli("bench", "--quick", "--out", folder), "benchmarks.md already exists", "--force")
-    assert (folder / "benchmarks.md").read_text() == "an earlier run"
-
-
 def test_a_closed_pipe_ends_quietly(loads):
     proc = subprocess.Popen([sys.executable, "-m", "eplb_numba", "rebalance", str(loads), *SMALL, "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

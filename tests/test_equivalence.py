@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import eplb_numba  # noqa: E402
-from eplb_numba import _oracle  # noqa: E402
 from eplb_numba import torch as eplb_torch  # noqa: E402
 
+from . import oracle as _oracle  # noqa: E402
 from .conftest import LOAD_KINDS, MODEL_CONFIGS, make_loads, random_config  # noqa: E402
 
 

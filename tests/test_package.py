@@ -27,6 +27,40 @@ def test_api_functions_are_documented():
         assert doc and "Parameters" in doc and "Returns" in doc
 
 
+def _public_functions():
+    import importlib
+    import importlib.util
+
+    names = ["eplb_numba", "eplb_numba.cli"]
+    if importlib.util.find_spec("torch") is not None:
+        names.append("eplb_numba.torch")
+    modules = [importlib.import_module(name) for name in names]
+    for module in modules:
+        for name in module.__all__:
+            value = getattr(module, name)
+            if isinstance(value, type):
+                # Public methods of public classes (vLLM's policy interface).
+                for attr, member in vars(value).items():
+                    if not attr.startswith("_") and isinstance(member, (classmethod, staticmethod)):
+                        yield f"{module.__name__}.{name}.{attr}", member.__func__
+            elif callable(value):
+                yield f"{module.__name__}.{name}", value
+
+
+def test_public_functions_are_typed():
+    import inspect
+
+    seen = []
+    for qualname, fn in _public_functions():
+        sig = inspect.signature(fn)
+        untyped = [p.name for p in sig.parameters.values()
+                   if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty]
+        assert not untyped, f"{qualname}: parameters {untyped} have no type hint"
+        assert sig.return_annotation is not inspect.Signature.empty, f"{qualname}: no return type"
+        seen.append(qualname)
+    assert "eplb_numba.rebalance_experts" in seen and "eplb_numba.plan_migration" in seen
+
+
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"
 
 
@@ -61,9 +95,9 @@ def test_movement_tools_load_on_first_use():
     result = subprocess.run(
         [sys.executable, "-c",
          "import sys, eplb_numba\n"
-         "assert 'eplb_numba._movement' not in sys.modules\n"
+         "assert 'eplb_numba._migration' not in sys.modules\n"
          "m = eplb_numba.plan_migration([[0, 1]], [[1, 0]], 2)\n"
-         "assert 'eplb_numba._movement' in sys.modules and isinstance(m, eplb_numba.Migration)\n"
+         "assert 'eplb_numba._migration' in sys.modules and isinstance(m, eplb_numba.Migration)\n"
          "print(len(m.expert))\n"],
         capture_output=True, text=True,
     )

@@ -137,7 +137,7 @@ def test_a_damaged_shipped_file_is_skipped_with_a_warning(tmp_path):
     with zipfile.ZipFile(_OURS) as old, zipfile.ZipFile(path, "w") as new:
         for info in old.infolist():
             data = old.read(info)
-            new.writestr(info, data[:200] if info.filename.startswith("placement.place_layers-") else data)
+            new.writestr(info, data[:200] if info.filename.startswith("hierarchical.place_layers-") else data)
     got, err = run({"NUMBA_CACHE_DIR": str(tmp_path / "cache")}, str(site), code=FIRST_PLAN)
     assert got["compiled"] and got["plan"] == expected()
     assert len(err) == 1 and "damaged shipped kernel" in err[0], err

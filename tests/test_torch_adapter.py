@@ -36,7 +36,7 @@ def test_outputs_on_input_device(device, dtype, rng):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_oracle(rng):
-    from eplb_numba import _oracle
+    from . import oracle as _oracle
 
     w = torch.from_numpy(make_loads(rng, "fractional", (58, 256))).cuda()
     out = eplb_torch.rebalance_experts(w, 288, 8, 4, 32)

@@ -3,7 +3,7 @@
 Per layer: the bound is the reference's busiest GPU (times 1 + slack); the
 node split and replica counts come from the old placement where it has a
 split, else from the reference relabelled onto the old nodes; the layer is
-then planned by ``moves.movement_layer``, and where that misses the bound
+then planned by ``repack.movement_layer``, and where that misses the bound
 the reference's placement relabelled onto the old GPUs is used.
 """
 
@@ -13,10 +13,19 @@ import numpy as np
 
 from .._jit import jit
 from .assign import max_assignment
-from .moves import count_held, dedupe, layer_loads, movement_layer
-from .placement import slot_order_layer
-from .plan import replicate_row
+from .maps import slot_order_layer
+from .repack import count_held, dedupe, layer_loads, movement_layer
+from .replication import replicate_row
 from .slots import keep_slots, preserve_layer
+
+# How ``movement_layers`` planned each layer (its ``how`` output): the old
+# placement's groups-to-nodes split kept, the reference's split relabelled
+# onto the old nodes, or the reference's placement relabelled onto the old
+# GPUs.  NOT_PLANNED marks layers it did not plan (no old placement given).
+NOT_PLANNED = 0
+OLD_SPLIT = 1
+REFERENCE_SPLIT = 2
+RELABELLED_REFERENCE = 3
 
 
 @jit
@@ -180,7 +189,8 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
     placement's own groups-to-nodes split with the reference's replication
     inside each node, which moves no group between nodes; (2) the
     reference's split relabelled onto the old nodes; (3) the reference's
-    placement relabelled onto the old GPUs.  ``how[layer]`` records 1, 2 or 3.
+    placement relabelled onto the old GPUs.  ``how[layer]`` records which
+    (``OLD_SPLIT``, ``REFERENCE_SPLIT``, ``RELABELLED_REFERENCE``).
     Experts that stay on a GPU then keep their old slot, and ``log2phy`` and
     ``logcnt`` are written in slot order, layer by layer while it is in cache.
     """
@@ -226,7 +236,7 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
         _shares(w, ref_cnt[layer], ref_share)
         layer_loads(ref[layer], ref_share, per_gpu, loads)
         bound = _bound(loads, slack)
-        h = 0
+        h = NOT_PLANNED
         if num_nodes > 1:
             _group_masks(old[layer], group_of, num_nodes, masks)
             if _old_split(masks, num_groups, group_node, per):
@@ -243,8 +253,8 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
                     counts, shares = cnt, share
                 if movement_layer(shares, old[layer], counts, node_target, num_gpus, num_nodes, bound, avoid_dup,
                                   moved, loads, fscratch, iscratch, held, mark):
-                    h = 1
-        if h == 0:
+                    h = OLD_SPLIT
+        if h == NOT_PLANNED:
             for e in range(num_logical):
                 node_of[e] = split[layer, group_of[e]]
             node_relabel(old[layer], node_of, num_nodes, perm)
@@ -252,9 +262,9 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
                 node_target[e] = perm[node_of[e]]
             if movement_layer(ref_share, old[layer], ref_cnt[layer], node_target, num_gpus, num_nodes, bound,
                               avoid_dup, moved, loads, fscratch, iscratch, held, mark):
-                h = 2
+                h = REFERENCE_SPLIT
             else:
-                h = 3
+                h = RELABELLED_REFERENCE
                 relabel_layer(old[layer], ref[layer], perm, num_gpus, num_nodes, num_logical, moved)
                 if avoid_dup:
                     layer_loads(moved, ref_share, per_gpu, loads)

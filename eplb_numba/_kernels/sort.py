@@ -37,6 +37,18 @@ LOW = np.int64(0xFFFFFFFF)
 
 
 @jit
+def pack_key(bits, index):
+    """The sort key of an item: its value's order-preserving bits above its index."""
+    return (np.int64(bits) << 32) | index
+
+
+@jit
+def key_index(key):
+    """The item (index) of a sort key made by ``pack_key``."""
+    return key & LOW
+
+
+@jit
 def argsort_desc(keys, a, stack):
     """Sort float32 ``keys`` (non-negative) descending into ``a``, exactly as ``std::sort``.
 
@@ -49,7 +61,7 @@ def argsort_desc(keys, a, stack):
     n = keys.shape[0]
     for i in range(n):
         # -0.0 has the sign bit set; it equals 0.0.
-        a[i] = (np.int64(max(float32_bits(keys[i]), 0)) << 32) | i
+        a[i] = pack_key(max(float32_bits(keys[i]), 0), i)
     if n < 2:
         return
     depth = 0
@@ -193,3 +205,25 @@ def argsort_desc(keys, a, stack):
             for u in range(size):
                 r += stack[leaf + _THRESHOLD + u] > v
             a[first + r] = stack[leaf + t]
+
+
+@jit
+def sift_down(heap, size, keys, pos):
+    """Restore the min-heap ``heap[:size]`` of indices ordered by ``(keys[i], i)`` below ``pos``."""
+    item = heap[pos]
+    key = keys[item]
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        c = heap[child]
+        if child + 1 < size:
+            d = heap[child + 1]
+            if keys[d] < keys[c] or (keys[d] == keys[c] and d < c):
+                child += 1
+                c = d
+        if not (keys[c] < key or (keys[c] == key and c < item)):
+            break
+        heap[pos] = c
+        pos = child
+    heap[pos] = item

@@ -15,7 +15,7 @@ import zipfile
 
 import numpy as np
 
-from ._validate import check_weight_values
+from .._validate import check_weight_values
 
 __all__ = ["CliError", "PLACEMENT_NAMES", "check_output", "load_loads", "save_placement"]
 

@@ -1,7 +1,7 @@
-"""The benchmark behind ``bench/run.py`` and ``eplb-numba bench``.
+"""The benchmark behind ``bench/run.py`` (run from a source checkout).
 
 Medians and p99 over many warm runs of: the plain-torch reference (the
-project's oracle, ``_oracle.REFERENCES``), vLLM's own function when vLLM is
+project's oracle, ``oracle.REFERENCES``), vLLM's own function when vLLM is
 importable, the NumPy path, the torch adapter on CPU, and the floor — the
 bare cost of allocating and filling the three output arrays.  Also: GIL
 release, cold start, and processes racing on an empty compile cache.
@@ -20,8 +20,15 @@ import time
 
 import numpy as np
 
-from ._api import rebalance_experts, warmup
-from ._workload import deepseek_v3_loads
+from eplb_numba import plan_migration, rebalance_experts, warmup
+from eplb_numba.cli.workload import deepseek_v3_loads
+
+# The torch reference lives with the tests (tests/oracle.py), apart from the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:
+    from tests import oracle
+except ImportError:  # no torch: the rows without the reference still run
+    oracle = None
 
 # name: (layers, experts, replicas, groups, nodes, gpus)
 MODEL_ROWS = {
@@ -81,8 +88,7 @@ def bench_row(name, cfg, *, reference=True, runs=200, budget_s=3.0, progress=Non
     try:
         import torch
 
-        from . import _oracle
-        from . import torch as eplb_torch
+        from eplb_numba import torch as eplb_torch
     except ImportError:
         torch = None
     if torch is not None:
@@ -94,9 +100,9 @@ def bench_row(name, cfg, *, reference=True, runs=200, budget_s=3.0, progress=Non
             if progress:
                 progress(f"{name}: torch reference (slow)")
             # The reference's own loop structure, so its cost is the reference's.
-            ref = _oracle.REFERENCES["rebalance_experts_loops"]
+            ref = oracle.REFERENCES["rebalance_experts_loops"]
             row["torch_reference"] = _summary(_times(lambda: ref(tw, replicas, groups, nodes, gpus), 5, 15.0))
-            fast = _oracle.REFERENCES["rebalance_experts"]
+            fast = oracle.REFERENCES["rebalance_experts"]
             row["torch_oracle_vectorised"] = _summary(_times(lambda: fast(tw, replicas, groups, nodes, gpus), 10, 5.0))
             try:
                 from vllm.distributed.eplb.rebalance_algo import rebalance_experts as vllm_ref
@@ -113,8 +119,6 @@ def bench_row(name, cfg, *, reference=True, runs=200, budget_s=3.0, progress=Non
 
 def movement_row(runs=100, budget_s=3.0):
     """Movement-aware plan plus migration plan, DeepSeek-V3 EP32, after a 2% drift."""
-    from ._movement import plan_migration
-
     rng = np.random.default_rng(7)
     old_w = deepseek_v3_loads(seed=1)
     new_w = np.round(old_w * np.exp(0.02 * rng.standard_normal(old_w.shape))).astype(np.int64)

@@ -3,7 +3,6 @@
   eplb-numba [rebalance] [LOADS] [--replicas N --groups N --nodes N --gpus N]
              [--json] [--out FILE] [--plot FILE.png] [--force]
   eplb-numba simulate [TRACE] [--every K --window W] [--json] [--plot FILE.png] [--force]
-  eplb-numba bench [--quick] [--out DIR] [--only TEXT] [--force]
   eplb-numba warmup
 
 With no LOADS file, rebalance runs on the built-in DeepSeek-R1-shaped workload
@@ -20,7 +19,7 @@ import time
 
 import numpy as np
 
-from ._io import CliError, check_output, load_loads, save_placement
+from .files import CliError, check_output, load_loads, save_placement
 
 _COMMANDS = ("rebalance", "simulate", "bench", "warmup")
 
@@ -31,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser():
-    from . import __version__
+    from .. import __version__
 
     p = _Parser(prog="eplb-numba", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"eplb-numba {__version__}")
@@ -59,11 +58,8 @@ def _parser():
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--plot", metavar="FILE.png", help="draw imbalance and copies over time (needs matplotlib)")
     s.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
-    b = sub.add_parser("bench", help="benchmark against the torch reference")
-    b.add_argument("--quick", action="store_true", help="model rows only; no scaling sweep, no cold start")
-    b.add_argument("--out", metavar="DIR", help="also write benchmarks.json and benchmarks.md here")
-    b.add_argument("--only", metavar="TEXT", help="only the rows whose name contains TEXT")
-    b.add_argument("--force", action="store_true", help="overwrite benchmarks.json / benchmarks.md in --out")
+    # Listed so that --help says where the benchmarks went; main() answers it before parsing.
+    sub.add_parser("bench", help="benchmarks: they need a source checkout (python bench/run.py)")
     sub.add_parser("warmup", help="compile and cache the kernels ahead of a serving start")
     return p
 
@@ -84,16 +80,16 @@ def _in_cli_terms(exc, source):
 
 def _check_plot(args):
     if args.plot:
-        from ._plot import _pyplot
+        from .plot import pyplot
 
-        _pyplot()  # matplotlib, or the line that says how to install it
+        pyplot()  # matplotlib, or the line that says how to install it
         check_output(args.plot, "--plot", inputs=[getattr(args, "loads", None) or getattr(args, "trace", None)],
                      force=args.force, exts={".png", ".svg", ".pdf", ".jpg", ".jpeg"})
 
 
 def _rebalance(args):
-    from ._api import rebalance_experts
-    from ._report import build_report, format_report
+    from .. import rebalance_experts
+    from .report import build_report, format_report
 
     # Every file to write is checked before any work starts.
     if args.out:
@@ -103,7 +99,7 @@ def _rebalance(args):
         raise CliError("--out and --plot name the same file; give each its own")
     trace = None
     if args.loads is None:
-        from ._workload import default_trace
+        from .workload import default_trace
 
         trace = default_trace()
         weight = trace.sum(axis=0)
@@ -128,7 +124,7 @@ def _rebalance(args):
         save_placement(args.out, phy2log, log2phy, logcnt)
         report["written"] = args.out
     if args.plot:
-        from ._plot import plot_balance
+        from .plot import plot_balance
 
         plot_balance(args.plot, weight, phy2log, args.gpus)
         report["plot"] = args.plot
@@ -154,18 +150,18 @@ def _bar(msg):
 def _check_trace(trace, what):
     # Before the first plan, so that the replay does not fail halfway (each
     # value was checked when the file was read).
-    from ._validate import _F32_MAX
+    from .._validate import F32_MAX
 
-    if trace.size and trace.sum(axis=0, dtype=np.float64).max() > _F32_MAX:
+    if trace.size and trace.sum(axis=0, dtype=np.float64).max() > F32_MAX:
         raise CliError(f"{what}: loads summed over steps exceed the float32 range (3.4e38) that plans read "
                        f"them in; rescale the trace")
 
 
 def _simulate(args):
-    from ._simulate import format_simulation, simulate
+    from .simulate import format_simulation, simulate
 
     if args.trace is None:
-        from ._workload import drifting_trace
+        from .workload import drifting_trace
 
         trace = drifting_trace()
     else:
@@ -184,7 +180,7 @@ def _simulate(args):
     except (ValueError, TypeError) as exc:
         raise _in_cli_terms(exc, args.trace) from None
     if args.plot:
-        from ._plot import plot_simulation
+        from .plot import plot_simulation
 
         plot_simulation(args.plot, result)
     print(json.dumps(result, indent=2) if args.json else format_simulation(result))
@@ -192,26 +188,14 @@ def _simulate(args):
 
 
 def _bench(args):
-    from ._bench import run
-
-    if args.out:
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            raise CliError(f"--out {args.out} is a file; --out names a directory for benchmarks.json and "
-                           f"benchmarks.md")
-        for name in ("benchmarks.json", "benchmarks.md"):
-            target = os.path.join(args.out, name)
-            if os.path.exists(target):
-                check_output(target, "--out", force=args.force)
-        parent = os.path.dirname(os.path.abspath(args.out))
-        if not os.path.isdir(parent):
-            raise CliError(f"--out {args.out}: no such directory {parent}; create it first")
-    _, text = run(out_dir=args.out, sweep=not args.quick, cold=not args.quick, progress=_bar, only=args.only)
-    print(text)
-    return 0
+    # The benchmarks time the torch reference, which lives with the tests in
+    # the source tree, not in the installed package.
+    raise CliError("the benchmarks need a source checkout: clone eplb-numba and run `python bench/run.py "
+                   "[--quick] [--out DIR]` there (see docs/benchmarks.md)")
 
 
 def _warmup(args):
-    from ._api import warmup
+    from .. import warmup
 
     def step(i, n, what, seconds):
         print(f"[{i}/{n}] {what}: {seconds:.1f} s", file=sys.stderr, flush=True)
@@ -220,14 +204,16 @@ def _warmup(args):
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "rebalance")
     try:
+        if argv[0] == "bench":
+            return _bench(argv[1:])
         args = _parser().parse_args(argv)
         commands = {"rebalance": _rebalance, "simulate": _simulate, "bench": _bench, "warmup": _warmup}
-        from ._jit import compile_notice
+        from .._jit import compile_notice
 
         # One line on stderr before a first run's compile, one with its time.
         with compile_notice():

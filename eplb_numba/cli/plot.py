@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._io import CliError
-from ._metrics import balancedness, gpu_loads, in_order_loads
+from .files import CliError
+from .metrics import balancedness, gpu_loads, in_order_loads
 
 __all__ = ["plot_balance", "plot_policy", "plot_simulation"]
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -30,9 +30,25 @@ def _save(plt, fig, path):
         plt.close(fig)
 
 
-def plot_balance(path, weight, phy2log, gpus):
-    """Heat maps of GPU load / layer mean, before and after, plus balancedness per layer."""
-    plt = _pyplot()
+def _integer_ticks(ax, x=True, y=True):
+    # GPUs, layers and steps are counted: no tick at GPU 2.5.
+    from matplotlib.ticker import MaxNLocator
+
+    if x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_balance(path, weight, phy2log, gpus, title=None):
+    """Heat maps of GPU load / layer mean, before and after, plus balancedness per layer.
+
+    The two maps have their own colour scales: before on 0 .. its peak, after
+    centred on 1 (the layer's mean), so that what balancing leaves is visible.
+    """
+    plt = pyplot()
+    from matplotlib.colors import TwoSlopeNorm
+
     before = in_order_loads(weight, gpus)
     after = gpu_loads(weight, phy2log, gpus)
 
@@ -40,23 +56,35 @@ def plot_balance(path, weight, phy2log, gpus):
         mean = x.mean(axis=1, keepdims=True)
         return np.divide(x, mean, out=np.ones_like(x), where=mean > 0)
 
-    top = max(rel(before).max(), rel(after).max())
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1, 1, 0.8]})
-    panels = ((axes[0], rel(before), "before: experts in order"), (axes[1], rel(after), "after eplb-numba"))
-    for ax, data, title in panels:
-        im = ax.imshow(data, aspect="auto", cmap="magma", vmin=0, vmax=top, interpolation="nearest")
-        ax.set_title(title)
+    rb, ra = rel(before), rel(after)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.8), gridspec_kw={"width_ratios": [1, 1, 0.7]})
+    im = axes[0].imshow(rb, aspect="auto", cmap="magma", vmin=0, vmax=max(rb.max(), 1.0), interpolation="nearest")
+    fig.colorbar(im, ax=axes[0], label="GPU load / layer mean")
+    axes[0].set_title("before: experts in order, no replicas")
+    # Symmetric about the mean, at least +-1% so that a perfect plan is not a blank map.
+    spread = max(float(np.abs(ra - 1).max()), 0.01)
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=1.0 - spread, vmax=1.0 + spread)
+    im = axes[1].imshow(ra, aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
+    fig.colorbar(im, ax=axes[1], label="GPU load / layer mean (white = mean)")
+    axes[1].set_title("after: the plan (own scale, centred on the mean)")
+    for ax in axes[:2]:
         ax.set_xlabel("GPU")
         ax.set_ylabel("layer")
-    fig.colorbar(im, ax=axes[:2], label="GPU load / layer mean")
     layers = np.arange(weight.shape[0])
     axes[2].plot(balancedness(before), layers, label="before", color="tab:red")
     axes[2].plot(balancedness(after), layers, label="after", color="tab:green")
-    axes[2].invert_yaxis()
+    axes[2].set_ylim(layers[-1] + 0.5 if layers.size else 0.5, -0.5)
     axes[2].set_xlim(0, 1.02)
-    axes[2].set_xlabel("balancedness (mean / max)")
-    axes[2].set_title("per layer")
-    axes[2].legend(loc="lower left")
+    axes[2].set_xlabel("balancedness (mean / max GPU load)")
+    axes[2].set_ylabel("layer")
+    axes[2].set_title("per layer (1 = even)")
+    # Below the axes: a legend inside would cover the curves.
+    axes[2].legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    _integer_ticks(axes[0])
+    _integer_ticks(axes[1])
+    _integer_ticks(axes[2], x=False)
+    fig.suptitle(title or f"Per-GPU load of {weight.shape[0]} layers x {weight.shape[1]} experts on {gpus} GPUs, "
+                 f"{phy2log.shape[1]} slots")
     _save(plt, fig, path)
 
 
@@ -67,9 +95,9 @@ def plot_policy(path, weight=None, num_replicas=16, num_groups=4, num_nodes=2, n
     hottest experts within each node; 3. replicas packed onto each node's
     GPUs.  The default is the example from DeepSeek's EPLB README.
     """
-    from ._api import rebalance_experts_hierarchical
+    from .. import rebalance_experts_hierarchical
 
-    plt = _pyplot()
+    plt = pyplot()
     if weight is None:
         weight = np.array([[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86]])
     w = np.asarray(weight, dtype=np.float64)[layer]
@@ -105,6 +133,7 @@ def plot_policy(path, weight=None, num_replicas=16, num_groups=4, num_nodes=2, n
         ax.text(x, w[e] + 3, f"x{count}" if count > 1 else "", ha="center", fontsize=9)
     ax.set_xticks(range(experts), [str(e) for e in order])
     ax.set_xlabel("expert (grouped by node)")
+    ax.set_ylabel("tokens (stacked: one block per replica)")
     ax.set_title("2. hottest experts replicated within nodes")
 
     ax = axes[2]
@@ -119,6 +148,7 @@ def plot_policy(path, weight=None, num_replicas=16, num_groups=4, num_nodes=2, n
     for node in range(1, num_nodes):
         ax.axvline(node * gpus_per_node - 0.5, color="gray", linestyle="--")
     ax.set_xticks(range(num_gpus), [f"GPU {g}" for g in range(num_gpus)], rotation=45)
+    ax.set_ylabel("tokens per GPU (a replica's share each)")
     ax.set_title("3. replicas packed onto each node's GPUs")
     fig.suptitle(f"Hierarchical EPLB: {experts} experts in {num_groups} groups, {num_nodes} nodes, "
                  f"{num_gpus} GPUs, {num_replicas} slots (colour = group)")
@@ -127,18 +157,44 @@ def plot_policy(path, weight=None, num_replicas=16, num_groups=4, num_nodes=2, n
 
 
 def plot_simulation(path, result):
-    """Imbalance and copies per rebalance, one line per policy."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
-    for name, rows in result["per_rebalance"].items():
+    """Imbalance and copies per rebalance, one line per planner.
+
+    Planners often coincide (slot preservation moves no fewer copies than the
+    reference): each gets its own marker and dash, drawn thinner than the one
+    before, and the legend names the planner it coincides with.
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6))
+    styles = ["-", "--", "-.", ":"]
+    markers = ["o", "s", "^", "D", "v", "x", "P", "*"]
+    seen = []
+    for i, (name, rows) in enumerate(result["per_rebalance"].items()):
         steps = [r["step"] for r in rows]
-        axes[0].plot(steps, [r["imbalance"] for r in rows], marker="o", label=name)
-        axes[1].plot(steps, [r["intra_node_copies"] + r["inter_node_copies"] for r in rows], marker="o", label=name)
-    axes[0].set_title("per-step imbalance after each rebalance")
-    axes[0].set_ylabel("(max - mean) / mean GPU load")
+        series = ([r["imbalance"] for r in rows], [r["intra_node_copies"] + r["inter_node_copies"] for r in rows])
+        label = name
+        for other, other_series in seen:
+            if other_series == series:
+                label = f"{name} (same as {other})"
+                break
+        seen.append((name, series))
+        style = {"linestyle": styles[i % len(styles)], "marker": markers[i % len(markers)],
+                 "linewidth": max(3.0 - 0.4 * i, 1.0), "markersize": max(9 - i, 4)}
+        axes[0].plot(steps, series[0], label=label, **style)
+        axes[1].plot(steps, series[1], **style)
+    axes[0].set_title("imbalance on the steps after each rebalance")
+    axes[0].set_ylabel("per-step (max - mean) / mean GPU load")
     axes[1].set_title("expert copies per rebalance")
+    axes[1].set_ylabel("copies, all layers (log scale)")
     axes[1].set_yscale("symlog")
     for ax in axes:
         ax.set_xlabel("step")
-    axes[1].legend(fontsize=8)
+    for ax in axes:
+        _integer_ticks(ax, y=False)
+    c = result["config"]
+    policy = c.get("policy", "hierarchical" if c["groups"] % c["nodes"] == 0 else "global")
+    fig.suptitle(f"Trace replay: rebalance every {result['every']} steps from the last {result['window']}; "
+                 f"{c['replicas']} slots on {c['gpus']} GPUs, {c['nodes']} nodes, {policy} policy")
+    # One legend for both panels, below them: inside, it covered the lines.
+    fig.legend(loc="lower center", ncol=3, frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     _save(plt, fig, path)

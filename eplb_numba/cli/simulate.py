@@ -12,10 +12,8 @@ import time
 
 import numpy as np
 
-from ._api import rebalance_experts
-from ._kernels.slots import preserve_slots
-from ._metrics import gpu_loads, imbalance_ratio
-from ._movement import plan_migration
+from .. import _engine, plan_migration, rebalance_experts
+from .metrics import gpu_loads, imbalance_ratio
 
 __all__ = ["POLICIES", "simulate", "format_simulation"]
 
@@ -26,9 +24,7 @@ def _reference(w, cfg, old):
 
 def _reference_slots(w, cfg, old):
     new = rebalance_experts(w, *cfg)[0]
-    out = np.empty_like(new)
-    preserve_slots(new, old, cfg[3], w.shape[1], out)
-    return out
+    return _engine.preserve_slots(new, old, cfg[3], w.shape[1])[0]
 
 
 def _movement(slack, avoid):
@@ -111,17 +107,22 @@ def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, p
             copies = summary[name]["copies_per_rebalance"]
             fewer = ref["copies_per_rebalance"] / copies if copies else float("inf")
             summary[name]["fewer_copies_than_reference"] = fewer
-    return {"config": dict(zip(("replicas", "groups", "nodes", "gpus"), cfg)), "every": every, "window": window,
+    config = {**dict(zip(("replicas", "groups", "nodes", "gpus"), cfg)),
+              "policy": "hierarchical" if groups % nodes == 0 else "global"}
+    return {"config": config, "every": every, "window": window,
             "rebalances": len(points) - 1, "summary": summary, "per_rebalance": rows}
 
 
 def format_simulation(result):
     c = result["config"]
+    # The reference's rule: hierarchical where the groups split evenly over the nodes.
+    policy = c.get("policy", "hierarchical" if c["groups"] % c["nodes"] == 0 else "global")
+    where = f"{c['groups']} groups on {c['nodes']} nodes" if policy == "hierarchical" else "groups ignored"
     lines = [
         f"replay: {result['rebalances']} rebalances, every {result['every']} steps from the last "
-        f"{result['window']}; {c['replicas']} slots, {c['groups']} groups, {c['nodes']} nodes, {c['gpus']} GPUs",
+        f"{result['window']}; {c['replicas']} slots on {c['gpus']} GPUs, {policy} policy ({where})",
         "",
-        f"{'policy':40}{'imbalance':>10}{'copies':>9}{'inter-node':>11}{'vs ref':>8}{'dups':>7}{'plan ms':>9}"
+        f"{'planner':40}{'imbalance':>10}{'copies':>9}{'inter-node':>11}{'vs ref':>8}{'dups':>7}{'plan ms':>9}"
         f"{'over peak':>10}",
     ]
     for name, s in result["summary"].items():
@@ -131,7 +132,14 @@ def format_simulation(result):
             f"{name:40}{s['imbalance']:>10.3f}{s['copies_per_rebalance']:>9.0f}{s['inter_node_copies_per_rebalance']:>11.0f}"
             f"{ratio_text:>8}{s['duplicates']:>7.0f}{s['planning_ms_median']:>9.2f}{s['layers_above_reference_peak']:>10}"
         )
-    lines += ["", "imbalance: per-step (max - mean) / mean GPU load on the steps after each rebalance;",
-              "copies: slots whose expert was not already on their GPU, per rebalance; vs ref: the reference's",
-              "copies divided by the policy's; over peak: layers whose busiest GPU exceeded the reference's."]
+    lines += [
+        "",
+        "imbalance   per-step (max - mean) / mean GPU load over the steps after each rebalance (0 = even)",
+        "copies      slots whose expert was not already on their GPU, per rebalance (all layers)",
+        "inter-node  those copies that come from another node, or from storage where no GPU held the expert",
+        "vs ref      the reference's copies divided by this policy's",
+        "dups        second replicas of an expert on the same GPU, per rebalance (all layers): wasted slots",
+        "plan ms     median time to plan one rebalance (all layers), this machine",
+        "over peak   layers, over all rebalances, whose busiest GPU exceeded the reference plan's busiest",
+    ]
     return "\n".join(lines)
