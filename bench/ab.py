@@ -32,10 +32,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _checkout(rev, dest, name):
-    """The package at ``rev`` (or the working tree for None) as top-level package ``name``."""
+    """The package at ``rev`` (or the working tree for None) as top-level package ``name``.
+
+    ``rev`` may also be a directory that holds an ``eplb_numba`` package (a
+    machine without the git history, such as a lent GPU host).
+    """
     target = os.path.join(dest, name)
-    if rev is None:
-        shutil.copytree(os.path.join(ROOT, "eplb_numba"), target,
+    if rev is None or os.path.isdir(os.path.join(rev, "eplb_numba")):
+        source = ROOT if rev is None else rev
+        shutil.copytree(os.path.join(source, "eplb_numba"), target,
                         ignore=shutil.ignore_patterns("*.nbi", "*.nbc", "__pycache__"))
         return
     archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "eplb_numba"], check=True,
@@ -87,7 +92,7 @@ def _case(name, what, row, inputs=1):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("a", help="git revision of version A")
+    p.add_argument("a", help="git revision of version A, or a directory holding its eplb_numba")
     p.add_argument("b", nargs="?", default=None, help="git revision of version B (default: the working tree)")
     p.add_argument("--what", choices=["full", "movement", "migration"], default="full",
                    help="full: rebalance_experts; movement: movement-aware plan + migration plan; "
@@ -97,10 +102,14 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=60, help="calls per round")
     p.add_argument("--inputs", type=int, default=1,
                    help="cycle through this many different load matrices (default 1: the same every call)")
+    p.add_argument("--workdir", help="keep the two checkouts (and so their compiled kernels) in this directory "
+                   "between runs; reused as they are if present")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as dest:
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = args.workdir or tmp
         for name, rev in (("eplb_a", args.a), ("eplb_b", args.b)):
-            _checkout(rev, dest, name)
+            if not os.path.isdir(os.path.join(dest, name)):
+                _checkout(rev, dest, name)
         sys.path.insert(0, dest)
         fns = [_case(name, args.what, args.row, args.inputs) for name in ("eplb_a", "eplb_b")]
         medians = alternate(fns, args.rounds, args.runs)
