@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _engine
+from ._elastic import check_old_placement
 from ._kernels.packing import SCAN_PACKS, pack_rows, pack_rows_f32
 from ._kernels.replication import replicate_rows
 from ._validate import F32_MAX, as_count, as_flag, as_slack, as_weight, check_layout, check_output_size
@@ -23,7 +24,10 @@ __all__ = [
 
 def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int, *,
                       old_phy2log: ArrayLike | None = None, max_load_slack: float = 0.0,
-                      avoid_duplicates: bool = False) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+                      avoid_duplicates: bool = False, old_num_gpus: int | None = None,
+                      rank_mapping: Mapping[int, int] | Sequence[int] | None = None,
+                      failed_gpus: Iterable[int] | None = None,
+                      ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """Plan replicas and their placement from per-expert loads.
 
     Bit-identical to vLLM's ``rebalance_experts`` (DeepSeek's EPLB): the
@@ -46,17 +50,31 @@ def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num
         Server nodes; ``num_gpus`` is a multiple of it.
     num_gpus : int
         GPUs (EP ranks) in all.
-    old_phy2log : array_like of int, shape (layers, num_replicas), optional
-        The placement in service.  Given, the plan starts from it and moves
-        as few replicas as it can while no GPU of a layer ends up busier than
-        the reference's busiest (times ``1 + max_load_slack``); experts that
-        stay on a GPU keep their slot.  Where that search fails, the
-        reference's placement relabelled onto the old GPUs is used.
+    old_phy2log : array_like of int, shape (layers, old slots), optional
+        The placement in service, -1 for an empty slot.  Given, the plan
+        starts from it and moves as few replicas as it can while no GPU of a
+        layer ends up busier than the reference's busiest on the new layout
+        (times ``1 + max_load_slack``); experts that stay on a GPU keep their
+        slot.  Where that search fails, the reference's placement relabelled
+        onto the old GPUs is used.  It may come from another GPU count
+        (``old_num_gpus``).
     max_load_slack : float, optional
         Tolerated excess over the reference's busiest GPU (0.01 = 1%).
     avoid_duplicates : bool, optional
         Swap away second replicas of an expert on one GPU wherever a swap
         within the node keeps every GPU within that bound.
+    old_num_gpus : int, optional
+        GPUs of ``old_phy2log`` when it was planned for another GPU count
+        (scaling up or down).  Default: ``num_gpus`` where it has
+        ``num_replicas`` slots, else its slots over the new slots per GPU.
+    rank_mapping : dict or sequence of int, optional
+        The new GPU of each old GPU, -1 for one that leaves (vLLM's
+        ``rank_mapping``).  Default: old GPU ``g`` stays GPU ``g`` when
+        ``g < num_gpus``, and leaves otherwise.
+    failed_gpus : iterable of int, optional
+        GPUs of the new layout that are lost: their experts must come back
+        elsewhere, and their slots are -1 (empty) in the result, which
+        plans on the live GPUs (see ``docs/movement.md``).
 
     Returns
     -------
@@ -66,6 +84,8 @@ def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num
         Slots of each expert's replicas by replica rank, padded with -1.
     logcnt : ndarray of int64, shape (layers, num_logical)
         Number of replicas of each expert.
+
+    A slot of a failed GPU holds -1 in ``phy2log`` and appears in no map.
 
     Examples
     --------
@@ -83,9 +103,10 @@ def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num
     # Checked whether or not they are used: a typo must not pass silently.
     max_load_slack = as_slack(max_load_slack)
     avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
-    if old_phy2log is None and not avoid_duplicates:
+    old, change = check_old_placement(old_phy2log, layout, old_num_gpus, rank_mapping, failed_gpus)
+    if old is None and not avoid_duplicates:
         return _engine.rebalance(w, layout)
-    return _engine.beyond_reference(w, layout, None, old_phy2log, max_load_slack, avoid_duplicates)[:3]
+    return _engine.beyond_reference(w, layout, None, old, max_load_slack, avoid_duplicates, change)[:3]
 
 
 def rebalance_experts_hierarchical(weight: ArrayLike, num_physical_experts: int, num_groups: int, num_nodes: int,

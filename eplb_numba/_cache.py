@@ -66,12 +66,15 @@ def _env_on(name: str) -> bool:
     return os.environ.get(name, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
+@functools.cache
 def kernel_sources_digest() -> str:
     """SHA-256 of every source file whose code the compiled kernels hold.
 
     Numba checks only a kernel's own file, so a callee or a constant from
-    another file could go stale unnoticed; the shipped kernels are used only
-    while every one of these files is the one they were built from.
+    another file could go stale unnoticed.  The digest is part of every
+    cache key (``_SafeCache._index_key``), on disk and shipped: a kernel is
+    served only while every one of these files is the one it was built from.
+    Read once per process.
     """
     kernels = os.path.join(_HERE, "_kernels")
     paths = [os.path.join(_HERE, "_jit.py")]
@@ -142,6 +145,12 @@ class _SafeCache(FunctionCache):
     A kernel that is not in it is looked up among the shipped kernels before
     it is compiled.
     """
+
+    def _index_key(self, sig, codegen):
+        # Numba's key hashes the kernel's own bytecode only; a kernel that
+        # calls an edited kernel in another file would load stale code.
+        key = super()._index_key(sig, codegen)
+        return (key[0], key[1], (*key[2], kernel_sources_digest()))
 
     def load_overload(self, sig, target_context):
         try:

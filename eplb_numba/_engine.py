@@ -8,8 +8,11 @@ sentinels below); the kernels test ``x.shape[0]``, never a flag.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from ._elastic import on_new_gpus
 from ._jit import run_by_layers
 from ._kernels.hierarchical import place_layers
 from ._kernels.maps import slot_order_maps
@@ -23,7 +26,7 @@ from ._kernels.movement import (
     movement_layers,
 )
 from ._kernels.slots import preserve_slots as _preserve_slots_kernel
-from ._validate import check_placement
+from ._validate import check_layout
 
 __all__ = [
     "NOT_PLANNED",
@@ -32,6 +35,7 @@ __all__ = [
     "RELABELLED_REFERENCE",
     "beyond_reference",
     "empty_maps",
+    "live_gpus",
     "maps_in_slot_order",
     "migration_copies",
     "place",
@@ -133,19 +137,30 @@ def preserve_slots(phy2log, old_phy2log, num_gpus, num_logical):
     return out, maps_in_slot_order(out, num_logical)[0]
 
 
-def beyond_reference(w, layout, group_sums, old_phy2log, max_load_slack, avoid_duplicates):
+def beyond_reference(w, layout, group_sums, old, max_load_slack, avoid_duplicates, change=None):
     """Placement for the opt-in options of float32 loads ``w``.
 
-    ``group_sums`` as for ``place``.  Returns ``(phy2log, log2phy,
-    logcnt, how)``; ``how[layer]`` says how the layer was planned: ``OLD_SPLIT``,
-    ``REFERENCE_SPLIT``, ``RELABELLED_REFERENCE``, or ``NOT_PLANNED`` without
-    an old placement.  ``max_load_slack`` and
+    ``group_sums`` as for ``place``; ``old`` is None or the checked old
+    placement (``check_old_ids``), on the GPUs ``change`` describes
+    (``_elastic.as_gpu_change``; None: the same GPUs).  Returns ``(phy2log,
+    log2phy, logcnt, how)``; ``how[layer]`` says how the layer was planned:
+    ``OLD_SPLIT``, ``REFERENCE_SPLIT``, ``RELABELLED_REFERENCE``, or
+    ``NOT_PLANNED`` without an old placement.  ``max_load_slack`` and
     ``avoid_duplicates`` come checked (``as_slack``, ``as_flag``) by the callers.
     """
-    slack = max_load_slack
+    if old is not None and change is not None and not change.identity:
+        return _replan(w, layout, group_sums, old, change, max_load_slack, avoid_duplicates)
+    return _plan(w, layout, group_sums, old, max_load_slack, avoid_duplicates)
+
+
+def _plan(w, layout, group_sums, old, slack, avoid_duplicates):
+    # beyond_reference on one set of GPUs; ``old`` (or None) has the new shape.
+    if old is not None and old.shape != (layout.num_layers, layout.num_replicas):
+        # The kernels index old by the new layout's slots: never let another shape through.
+        raise ValueError(f"internal error: an old placement of shape {old.shape} reached the planner for "
+                         f"{(layout.num_layers, layout.num_replicas)}; please report it")
     groups, nodes, _ = policy_shape(layout, group_sums)
     how = np.full(layout.num_layers, NOT_PLANNED, dtype=np.int64)
-    old = None if old_phy2log is None else check_placement(old_phy2log, layout)
     ref, ref_cnt, split = ref_plan(w, layout, group_sums)
     out = np.empty_like(ref)
     if old is not None:
@@ -163,17 +178,103 @@ def beyond_reference(w, layout, group_sums, old_phy2log, max_load_slack, avoid_d
     return out, log2phy, logcnt, how
 
 
+def _replan(w, layout, group_sums, old, change, slack, avoid_duplicates):
+    # From an old placement on another GPU set: what survives, as it stands
+    # on the new GPUs, is the old placement of an ordinary movement-aware plan.
+    stands = on_new_gpus(old, change, layout.num_replicas)
+    if not change.failed.any():
+        return _plan(w, layout, group_sums, stands, slack, avoid_duplicates)
+    # Lost GPUs hold nothing: plan on the live ones, then put their slots back in place.
+    live_layout, slots = live_gpus(layout, change.failed)
+    sums = group_sums if live_layout.num_nodes == layout.num_nodes else None
+    phy2log, log2phy, logcnt, how = _plan(w, live_layout, sums, np.ascontiguousarray(stands[:, slots]), slack,
+                                          avoid_duplicates)
+    full = np.full((layout.num_layers, layout.num_replicas), -1, dtype=np.int64)
+    full[:, slots] = phy2log
+    maps = np.full((layout.num_layers, layout.num_logical, layout.num_replicas - layout.num_logical + 1), -1,
+                   dtype=np.int64)
+    width = log2phy.shape[2]
+    maps[:, :, :width] = np.where(log2phy >= 0, slots[np.maximum(log2phy, 0)], -1)
+    return full, maps, logcnt, how
 
-def migration_copies(old, new, num_gpus, num_nodes, num_logical):
+
+def live_gpus(layout, failed):
+    """The layout of the live GPUs and their slots' indices in the full layout.
+
+    Under the hierarchical policy the live GPUs keep it where every node lost
+    as many GPUs as the others (each node is then one node of the smaller
+    layout); otherwise they plan under the global policy, which is what the
+    reference requires (and vLLM does) when GPUs do not split evenly over nodes.
+    """
+    per_gpu = layout.num_replicas // layout.num_gpus
+    live = np.flatnonzero(~failed)
+    slots = (live[:, None] * per_gpu + np.arange(per_gpu)).ravel()
+    lost = failed.reshape(layout.num_nodes, -1).sum(axis=1)
+    if layout.hierarchical and (lost == lost[0]).all():
+        groups, nodes = layout.num_groups, layout.num_nodes
+    else:
+        groups, nodes = 1, 1
+    if live.size * per_gpu < layout.num_logical:
+        raise ValueError(f"the {live.size} live GPUs hold {live.size * per_gpu} slots, fewer than the "
+                         f"{layout.num_logical} experts: no placement keeps every expert on a live GPU; "
+                         f"fewer failed_gpus, or more slots per GPU")
+    live_layout = check_layout((layout.num_layers, layout.num_logical), live.size * per_gpu, groups, nodes,
+                               int(live.size))
+    return live_layout, slots
+
+
+def migration_copies(old, new, num_gpus, num_nodes, num_logical, change=None, old_empty=True, new_empty=True):
     """The copies taking placement ``old`` to ``new`` (checked int64 arrays).
 
-    Returns ``(copies, intra)``: int64 ``copies[6, n]`` (layer, expert, src
-    GPU, src slot, dst GPU, dst slot) and how many stay within a node.
+    ``change`` (``_elastic.as_gpu_change``) says how old GPUs became the new
+    ones; None: the same GPUs.  ``old_empty``/``new_empty`` False say an
+    array holds no empty slot (-1), which saves a pass over it.  Returns ``(copies, intra, storage)``: int64
+    ``copies[6, n]`` (layer, expert, src GPU, src slot, dst GPU, dst slot),
+    how many stay within a node, and how many no live GPU can source.
     """
+    gpus_per_node = num_gpus // num_nodes
+    if change is None:
+        holder, src_node = _same_gpus(num_gpus, gpus_per_node)
+        old_gpus = num_gpus
+    else:
+        old_gpus = change.old_num_gpus
+        holder = np.full(num_gpus, -1, dtype=np.int64)
+        sending = (change.old_to_new >= 0) & change.can_send
+        holder[change.old_to_new[sending]] = np.flatnonzero(sending)
+        src_node = np.where(change.old_to_new >= 0, change.old_to_new // gpus_per_node, -1)
+        if not change.can_send.all():
+            # A lost GPU's slots hold nothing that can be sent.
+            old = old.reshape(old.shape[0], old_gpus, -1).copy()
+            old[:, ~change.can_send] = -1
+            old = old.reshape(old.shape[0], -1)
+            old_empty = True
+    # The kernel reads an empty slot as expert ``num_logical`` (see migration_rows).
+    if old_empty:
+        old = _empty_as(old, num_logical)
+    if new_empty:
+        new = _empty_as(new, num_logical)
     rows = np.empty((new.size, 6), dtype=np.int64)
     counts = np.zeros(new.shape[0], dtype=np.int64)
     if new.size:
-        run_by_layers(migration_rows, new.shape[0], old, new, num_gpus, num_nodes, num_logical, rows, counts)
+        run_by_layers(migration_rows, new.shape[0], old, new, old_gpus, num_gpus, holder, src_node, num_nodes,
+                      num_logical, rows, counts)
     copies = np.empty((6, int(counts.sum())), dtype=np.int64)
-    intra = gather_copies(rows, counts, new.shape[1], num_gpus // num_nodes, copies)
-    return copies, intra
+    intra, storage = gather_copies(rows, counts, new.shape[1], src_node, gpus_per_node, copies)
+    return copies, intra, storage
+
+
+@functools.lru_cache(maxsize=16)
+def _same_gpus(num_gpus, gpus_per_node):
+    # (holder, src_node) when every old GPU is its new self: made once per
+    # GPU count, not on every migration plan.  Left writable (nothing writes
+    # them): a read-only array is another type to Numba, and the kernel
+    # would compile twice.
+    holder = np.arange(num_gpus, dtype=np.int64)
+    return holder, holder // gpus_per_node
+
+
+def _empty_as(ids, num_logical):
+    # ``ids`` with every -1 replaced by ``num_logical`` (a copy only where there is one).
+    if ids.size and ids.min() < 0:
+        return np.where(ids < 0, num_logical, ids)
+    return ids

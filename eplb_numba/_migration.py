@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._elastic import as_gpu_change
 from ._engine import migration_copies
-from ._validate import as_count, as_ids, check_ids, check_layout
+from ._validate import as_count, as_ids, check_ids_of, check_layout
 
 __all__ = ["Migration", "plan_migration"]
 
@@ -18,17 +20,20 @@ class Migration(NamedTuple):
 
     layer: np.ndarray
     expert: np.ndarray
-    src_gpu: np.ndarray  # -1: the expert was on no GPU (load it from storage)
+    src_gpu: np.ndarray  # old placement's GPU; -1: no live GPU holds the expert (load it from storage)
     src_slot: np.ndarray
     dst_gpu: np.ndarray
     dst_slot: np.ndarray
     intra_node: int
     inter_node: int
     bytes: int
+    from_storage: int = 0  # copies with no live source: load from host memory or disk
 
 
 def plan_migration(old_phy2log: ArrayLike, new_phy2log: ArrayLike, num_gpus: int, num_nodes: int = 1,
-                   expert_bytes: int = 0) -> Migration:
+                   expert_bytes: int = 0, *, old_num_gpus: int | None = None,
+                   rank_mapping: Mapping[int, int] | Sequence[int] | None = None,
+                   failed_gpus: Iterable[int] | None = None) -> Migration:
     """The expert copies that turn placement ``old_phy2log`` into ``new_phy2log``.
 
     One copy per slot whose new expert is not already on that GPU, sourced
@@ -38,19 +43,28 @@ def plan_migration(old_phy2log: ArrayLike, new_phy2log: ArrayLike, num_gpus: int
 
     Parameters
     ----------
-    old_phy2log, new_phy2log : array_like of int, shape (layers, num_replicas)
-        Placements, slots GPU-major (as ``rebalance_experts`` returns them).
+    old_phy2log, new_phy2log : array_like of int, shape (layers, slots)
+        Placements, slots GPU-major (as ``rebalance_experts`` returns them),
+        -1 for an empty slot; ``old_phy2log`` may have another slot count
+        (another GPU count, ``old_num_gpus``).
     num_gpus, num_nodes : int
         GPUs in all, and nodes (``num_gpus`` is a multiple of it).
     expert_bytes : int, optional
         Size of one expert's weights in one layer, for ``Migration.bytes``.
+    old_num_gpus, rank_mapping, failed_gpus : optional
+        The old placement's GPU count, its GPUs' new indices, and the lost
+        GPUs of the new layout, as for :func:`rebalance_experts`.  A lost
+        GPU never sends; ``new_phy2log`` must leave its slots empty (-1).
 
     Returns
     -------
     Migration
         Arrays ``layer, expert, src_gpu, src_slot, dst_gpu, dst_slot`` (int64,
-        one entry per copy), and ``intra_node``/``inter_node`` copy counts and
-        ``bytes`` moved.
+        one entry per copy; ``src_gpu`` and ``src_slot`` number the old
+        placement's GPUs and slots, -1 where no live GPU holds the expert),
+        the counts of GPU-to-GPU copies within a node (``intra_node``) and
+        across nodes (``inter_node``) and of experts to load from host
+        memory or disk (``from_storage``), and ``bytes`` moved in all.
 
     Examples
     --------
@@ -73,9 +87,22 @@ def plan_migration(old_phy2log: ArrayLike, new_phy2log: ArrayLike, num_gpus: int
         raise ValueError(f"{culprit} holds expert {num_logical - 1}, more experts than new_phy2log has slots "
                          f"({new.shape[1]}); pass placements (an expert per slot), not maps")
     layout = check_layout((new.shape[0], max(num_logical, 1)), new.shape[1], 1, num_nodes, num_gpus, maps=False)
-    check_ids(new, new_span, layout, "new_phy2log")
-    check_ids(old, old_span, layout, "old_phy2log")
-    copies, intra = migration_copies(old, new, num_gpus, num_nodes, layout.num_logical)
+    new = check_ids_of(new, new_span, layout, "new_phy2log")
+    old = check_ids_of(old, old_span, layout, "old_phy2log")
+    if old_num_gpus is None and rank_mapping is None and failed_gpus is None and old.shape == new.shape:
+        change = None  # the common case: the same GPUs
+    else:
+        change = as_gpu_change(old.shape[1], new.shape[1], num_gpus, old_num_gpus, rank_mapping, failed_gpus)
+        per_gpu = new.shape[1] // num_gpus
+        on_failed = new.reshape(new.shape[0], num_gpus, per_gpu)[:, change.failed] >= 0
+        if on_failed.any():
+            layer, gpu, _ = (int(i[0]) for i in np.nonzero(on_failed))
+            gpu = int(np.flatnonzero(change.failed)[gpu])
+            raise ValueError(f"new_phy2log places experts on failed GPU {gpu} (layer {layer}); a lost GPU "
+                             f"holds nothing: plan with rebalance_experts(..., failed_gpus=...)")
+    copies, intra, storage = migration_copies(old, new, num_gpus, num_nodes, layout.num_logical, change,
+                                              old_span[0] < 0, new_span[0] < 0)
     n = copies.shape[1]
     layer, expert, src_gpu, src_slot, dst_gpu, dst_slot = copies
-    return Migration(layer, expert, src_gpu, src_slot, dst_gpu, dst_slot, intra, n - intra, n * expert_bytes)
+    return Migration(layer, expert, src_gpu, src_slot, dst_gpu, dst_slot, intra, n - intra - storage,
+                     n * expert_bytes, storage)

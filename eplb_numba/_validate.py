@@ -269,23 +269,27 @@ def as_ids(value, name):
     return arr, (0, top)
 
 
-def check_ids(arr, span, layout, name):
-    expected = (layout.num_layers, layout.num_replicas)
-    if arr.shape != expected:
+def check_old_ids(old, layout, name="old_phy2log"):
+    """``old`` as a C-contiguous int64 ``[layers, slots]`` array of experts, -1 for an empty slot.
+
+    Any slot count: an old placement may come from another GPU count
+    (``_elastic.as_gpu_change`` checks that it fits).
+    """
+    arr, span = as_ids(old, name)
+    return check_ids_of(arr, span, layout, name)
+
+
+def check_ids_of(arr, span, layout, name):
+    """``check_old_ids`` of an array ``as_ids`` returned, with its ``span``."""
+    if arr.ndim != 2 or arr.shape[0] != layout.num_layers or arr.shape[1] < 1:
         raise ValueError(
-            f"{name} must have shape {expected} (layers, num_replicas), got {arr.shape}; "
-            f"pass the placement currently deployed for the same model and slot count"
+            f"{name} must have shape ({layout.num_layers}, slots) (layers, the old placement's slots), got "
+            f"{arr.shape}; pass the placement currently deployed for the same model"
         )
-    if span[0] < 0 or span[1] >= layout.num_logical:
-        bad = arr[(arr < 0) | (arr >= layout.num_logical)][0]
+    if span[0] < 0 and arr.min() < -1 or span[1] >= layout.num_logical:
+        bad = arr[(arr < -1) | (arr >= layout.num_logical)][0]
         raise ValueError(
-            f"{name} holds expert {int(bad)}, outside 0..{layout.num_logical - 1}; "
+            f"{name} holds expert {int(bad)}, outside 0..{layout.num_logical - 1} (or -1 for an empty slot); "
             f"it must come from a placement of the same model"
         )
-
-
-def check_placement(old, layout, name="old_phy2log"):
-    """``old`` as a C-contiguous int64 [layers, num_replicas] array of valid experts."""
-    arr, span = as_ids(old, name)
-    check_ids(arr, span, layout, name)
     return arr

@@ -16,12 +16,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "(or `pip install torch`), or use the NumPy API in `eplb_numba`"
     ) from exc
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _api, _engine
+from ._elastic import check_old_placement
 from ._validate import as_flag, as_slack, check_dtype, check_layout, check_weight_values
 
 __all__ = [
@@ -88,7 +89,10 @@ def _to_device(arrays, device) -> Any:
 
 def rebalance_experts(weight: _torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int, *,
                       old_phy2log: _torch.Tensor | Sequence | None = None, max_load_slack: float = 0.0,
-                      avoid_duplicates: bool = False) -> tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor]:
+                      avoid_duplicates: bool = False, old_num_gpus: int | None = None,
+                      rank_mapping: Mapping[int, int] | Sequence[int] | None = None,
+                      failed_gpus: Iterable[int] | None = None,
+                      ) -> tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor]:
     """:func:`eplb_numba.rebalance_experts` over a tensor on any device.
 
     Returns ``(phy2log, log2phy, logcnt)`` as int64 tensors on
@@ -104,9 +108,10 @@ def rebalance_experts(weight: _torch.Tensor, num_replicas: int, num_groups: int,
     max_load_slack = as_slack(max_load_slack)
     avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
     sums = _group_sums(w, layout)
-    if old_phy2log is not None or avoid_duplicates:
-        old = old_phy2log.detach().cpu().numpy() if isinstance(old_phy2log, _torch.Tensor) else old_phy2log
-        out = _engine.beyond_reference(w.numpy(), layout, sums, old, max_load_slack, avoid_duplicates)[:3]
+    old_ids = old_phy2log.detach().cpu().numpy() if isinstance(old_phy2log, _torch.Tensor) else old_phy2log
+    old, change = check_old_placement(old_ids, layout, old_num_gpus, rank_mapping, failed_gpus)
+    if old is not None or avoid_duplicates:
+        out = _engine.beyond_reference(w.numpy(), layout, sums, old, max_load_slack, avoid_duplicates, change)[:3]
         return _to_device(out, weight.device)
     device = weight.device
     if device.type == "cpu":
@@ -155,12 +160,23 @@ def replicate_experts(weight: _torch.Tensor, num_phy: int) -> tuple[_torch.Tenso
 
 def _keep_old_slots(phy2log, old, num_gpus, num_logical):
     old = _as_tensor(old, "old_global_expert_indices")
-    if tuple(old.shape) != tuple(phy2log.shape):
+    if old.ndim != 2 or old.shape[0] != phy2log.shape[0]:
         raise ValueError(
-            f"old_global_expert_indices must have the new placement's shape {tuple(phy2log.shape)}, "
-            f"got {tuple(old.shape)}; pass the current physical_to_logical_map"
+            f"old_global_expert_indices must have shape ({phy2log.shape[0]}, slots), got {tuple(old.shape)}; "
+            f"pass the current physical_to_logical_map"
         )
-    old_np = old.cpu().to(_torch.int64).contiguous().numpy()
+    old_np = old.cpu().to(_torch.int64).numpy()
+    # Slot by slot, as vLLM's default policy compares them: after a scaling
+    # event the old map is wider (its first slots are the GPUs that stay) or
+    # has -1 in new slots, and an expert keeps a slot only where the same
+    # GPU held it there.  A narrower map is read as empty beyond its end.
+    width = phy2log.shape[1]
+    if old_np.shape[1] != width:
+        padded = np.full((old_np.shape[0], width), -1, dtype=np.int64)
+        keep = min(width, old_np.shape[1])
+        padded[:, :keep] = old_np[:, :keep]
+        old_np = padded
+    old_np = np.ascontiguousarray(old_np)
     return _to_device(_engine.preserve_slots(phy2log.cpu().numpy(), old_np, num_gpus, num_logical), phy2log.device)
 
 
@@ -234,9 +250,11 @@ class EplbNumbaMovementPolicy(EplbNumbaPolicy):
     def _plan(cls, weight, num_replicas, num_groups, num_nodes, num_ranks, old):
         weight = _as_tensor(weight)
         if old is not None:
+            # After a scaling event the old map is wider (scale-down: the
+            # leaving ranks are the highest) or has -1 in the new slots
+            # (scale-up); rebalance_experts reads both (old_num_gpus from its
+            # width).
             old = _as_tensor(old, "old_global_expert_indices")
-        if old is not None and tuple(old.shape) != (weight.shape[0], num_replicas):
-            old = None  # a different layout (scaling event): plan from scratch
         return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks, old_phy2log=old,
                                  max_load_slack=cls.MAX_LOAD_SLACK, avoid_duplicates=cls.AVOID_DUPLICATES)
 

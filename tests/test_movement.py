@@ -178,8 +178,12 @@ def test_plans_are_valid_and_minimal(case):
 
 def test_bad_old_placement():
     w = np.arange(2 * 16).reshape(2, 16)
-    with pytest.raises(ValueError, match=r"old_phy2log must have shape \(2, 24\)"):
-        eplb_numba.rebalance_experts(w, 24, 4, 2, 8, old_phy2log=np.zeros((2, 16), dtype=int))
+    with pytest.raises(ValueError, match=r"old_phy2log must have shape \(2, slots\)"):
+        eplb_numba.rebalance_experts(w, 24, 4, 2, 8, old_phy2log=np.zeros((3, 24), dtype=int))
+    with pytest.raises(ValueError, match="neither whole GPUs of 3 slots.*nor 8 GPUs; pass old_num_gpus"):
+        eplb_numba.rebalance_experts(w, 24, 4, 2, 8, old_phy2log=np.zeros((2, 20), dtype=int))
+    with pytest.raises(ValueError, match=r"holds expert -2, outside 0..15 \(or -1 for an empty slot\)"):
+        eplb_numba.rebalance_experts(w, 24, 4, 2, 8, old_phy2log=np.full((2, 24), -2))
     with pytest.raises(ValueError, match="holds expert 99"):
         eplb_numba.rebalance_experts(w, 24, 4, 2, 8, old_phy2log=np.full((2, 24), 99))
     with pytest.raises(TypeError, match="integer expert ids"):
@@ -188,5 +192,7 @@ def test_bad_old_placement():
         eplb_numba.rebalance_experts(w, 24, 4, 2, 8, avoid_duplicates=True, max_load_slack=-1)
     with pytest.raises(ValueError, match="new_phy2log must be 2-D"):
         eplb_numba.plan_migration(np.zeros((1, 4), int), np.zeros(4, int), 2)
-    with pytest.raises(ValueError, match=r"old_phy2log must have shape \(1, 4\)"):
-        eplb_numba.plan_migration(np.zeros((1, 6), int), np.zeros((1, 4), int), 2)
+    with pytest.raises(ValueError, match="neither whole GPUs of 2 slots.*pass old_num_gpus"):
+        eplb_numba.plan_migration(np.zeros((1, 5), int), np.zeros((1, 4), int), 2)
+    with pytest.raises(ValueError, match=r"old_phy2log must have shape \(1, slots\)"):
+        eplb_numba.plan_migration(np.zeros((2, 4), int), np.zeros((1, 4), int), 2)

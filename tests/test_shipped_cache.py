@@ -128,6 +128,20 @@ def test_an_edited_kernel_source_is_not_served_stale(tmp_path):
     assert got["plan"] == expected()
 
 
+def test_an_edited_callee_is_not_served_stale_from_the_disk_cache(tmp_path):
+    # The same for the user's own cache: place_layers is cached, then only
+    # the file of a kernel it calls changes.
+    site = copy_package(tmp_path)
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache"), "EPLB_NUMBA_SHIPPED": "0"}
+    first, _ = run(env, str(site), code=FIRST_PLAN)
+    again, _ = run(env, str(site), code=FIRST_PLAN)
+    assert first["compiled"] and not again["compiled"]
+    sort = site / "eplb_numba" / "_kernels" / "sort.py"
+    sort.write_text(sort.read_text() + "\n# edited\n")
+    edited, _ = run(env, str(site), code=FIRST_PLAN)
+    assert edited["compiled"] and edited["plan"] == first["plan"] == expected()
+
+
 @fits_here
 def test_a_damaged_shipped_file_is_skipped_with_a_warning(tmp_path):
     if _cache.shipped_archive() is None:

@@ -162,7 +162,7 @@ def test_movement_options_through_torch(rng):
         torch.from_numpy(w1), 80, 8, 2, 16, torch.from_numpy(old))
     policy = policy[0] if isinstance(policy, tuple) else policy
     np.testing.assert_array_equal(policy.numpy(), expected[0])
-    # A different layout (more slots) is planned from scratch.
+    # Another slot count per GPU on the same GPUs: each GPU's old slots stand as they are.
     fresh = eplb_torch.EplbNumbaMovementPolicy.rebalance_experts(
         torch.from_numpy(w1), 96, 8, 2, 16, torch.from_numpy(old))
     fresh = fresh[0] if isinstance(fresh, tuple) else fresh

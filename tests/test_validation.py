@@ -149,7 +149,10 @@ def test_balanced_packing_rejects_what_float32_cannot_sort():
 def test_plan_migration_names_the_map_with_bad_ids():
     with pytest.raises(ValueError, match="old_phy2log holds expert 99"):
         eplb_numba.plan_migration([[0, 1, 2, 99]], [[0, 1, 2, 3]], 2)
-    with pytest.raises(ValueError, match="old_phy2log holds expert -1"):
-        eplb_numba.plan_migration([[0, 1, 2, -1]], [[0, 1, 2, 3]], 2)
-    with pytest.raises(ValueError, match="new_phy2log holds expert -1"):
-        eplb_numba.plan_migration([[0, 1, 2, 3]], [[0, 1, 2, -1]], 2)
+    with pytest.raises(ValueError, match="old_phy2log holds expert -2"):
+        eplb_numba.plan_migration([[0, 1, 2, -2]], [[0, 1, 2, 3]], 2)
+    with pytest.raises(ValueError, match="new_phy2log holds expert -2"):
+        eplb_numba.plan_migration([[0, 1, 2, 3]], [[0, 1, 2, -2]], 2)
+    # -1 is an empty slot: nothing to send from it, nothing to fill in it.
+    m = eplb_numba.plan_migration([[0, 1, 2, -1]], [[0, 1, 3, -1]], 2)
+    assert m.expert.tolist() == [3] and m.from_storage == 1 and m.src_gpu.tolist() == [-1]

@@ -35,7 +35,9 @@ def node_relabel(old, node_of, num_nodes, perm):
     per_node = old.shape[0] // num_nodes
     score = np.zeros((num_nodes, num_nodes))
     for q in range(old.shape[0]):
-        score[node_of[old[q]], q // per_node] += 1.0
+        e = old[q]
+        if e >= 0:  # an empty slot (a GPU that is new or was lost) keeps nothing
+            score[node_of[e], q // per_node] += 1.0
     max_assignment(score, perm)
 
 
@@ -95,16 +97,20 @@ def _shares(w, cnt, share):
 
 @jit
 def _group_masks(p2l, group_of, num_nodes, masks):
-    """``masks[node, k]`` bit ``b``: ``node`` holds an expert of group ``64 k + b``."""
-    # An OR-reduction per node and word: no branch, no store per slot.
+    """``masks[node, k]`` bit ``b``: ``node`` holds an expert of group ``64 k + b``.
+
+    Empty slots (-1) hold no group.
+    """
+    # An OR-reduction per node and word: no store per slot.
     per_node = p2l.shape[0] // num_nodes
     one = np.uint64(1)
     for node in range(num_nodes):
         for k in range(masks.shape[1]):
             m = np.uint64(0)
             for q in range(node * per_node, (node + 1) * per_node):
-                g = group_of[p2l[q]]
-                m |= (one << np.uint64(g & 63)) if g >> 6 == k else np.uint64(0)
+                e = p2l[q]
+                g = group_of[e] if e >= 0 else -1
+                m |= (one << np.uint64(g & 63)) if g >= 0 and g >> 6 == k else np.uint64(0)
             masks[node, k] = m
 
 
@@ -227,6 +233,7 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
     # Per-GPU counts only for duplicate checks (see moves.movement_layer).
     held = np.zeros(num_gpus * num_logical if avoid_dup else 0, dtype=np.int64)
     mark = np.zeros(num_logical, dtype=np.int64)
+    was = np.zeros(num_gpus * num_logical, dtype=np.int64)
     moved = np.empty(num_phy, dtype=np.int64)
     avail = np.zeros(num_logical, dtype=np.int64)
     skip = np.zeros(num_logical, dtype=np.int64)
@@ -252,7 +259,7 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
                     _shares(w, cnt, share)
                     counts, shares = cnt, share
                 if movement_layer(shares, old[layer], counts, node_target, num_gpus, num_nodes, bound, avoid_dup,
-                                  moved, loads, fscratch, iscratch, held, mark):
+                                  moved, loads, fscratch, iscratch, held, was, mark):
                     h = OLD_SPLIT
         if h == NOT_PLANNED:
             for e in range(num_logical):
@@ -261,7 +268,7 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
             for e in range(num_logical):
                 node_target[e] = perm[node_of[e]]
             if movement_layer(ref_share, old[layer], ref_cnt[layer], node_target, num_gpus, num_nodes, bound,
-                              avoid_dup, moved, loads, fscratch, iscratch, held, mark):
+                              avoid_dup, moved, loads, fscratch, iscratch, held, was, mark):
                 h = REFERENCE_SPLIT
             else:
                 h = RELABELLED_REFERENCE

@@ -64,11 +64,14 @@ def _firsts(out, start, per_gpu, mark, firsts, at):
 
 
 @jit
-def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, avoid_dup, held, num_logical, mark,
-               firsts, bounds):
+def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, avoid_dup, held, was, num_logical,
+               mark, firsts, bounds):
     # Swap of a slot on GPU g with a slot on another GPU of the node that
-    # leaves both below ``limit`` and lowers their larger load the most, the
-    # first such (s, h, t) in slot order.  ``slot_load[q]`` is the load of
+    # leaves both below ``limit``: of those that add the fewest copies (an
+    # expert that lands on a GPU whose old placement held it costs none, one
+    # that leaves such a GPU costs one back; ``was`` counts the old
+    # placement's replicas per GPU), the one that lowers their larger load
+    # the most, the first such (s, h, t) in slot order.  ``slot_load[q]`` is the load of
     # the replica in slot q; it and every check depend only on the two
     # experts, so each GPU's first slot of each expert stands for them all.
     # Scratch: ``mark`` (see _firsts), ``firsts`` (a node's slots), ``bounds`` (GPUs + 2).
@@ -80,31 +83,44 @@ def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, av
             end = _firsts(out, h * per_gpu, per_gpu, mark, firsts, end)
     bounds[last_gpu - first_gpu] = end
     best = np.inf
+    best_cost = 3  # above any swap's: at most two copies
     best_s = -1
     best_t = -1
     for a in range(end_g):
         s = firsts[a]
         es = out[s]
         ls = slot_load[s]
+        # Moving es off g saves a copy unless g held it before.
+        leave_g = 1 if was[g * num_logical + es] > 0 else 0
         for h in range(first_gpu, last_gpu):
             if h == g:
                 continue
             base_g = loads[g] - ls
             base_h = loads[h] + ls
+            # es arriving on h costs a copy unless h held it before.
+            cost_s = (0 if was[h * num_logical + es] > 0 else 1) - (1 - leave_g)
             for b in range(bounds[h - first_gpu], bounds[h - first_gpu + 1]):
                 t = firsts[b]
                 lt = slot_load[t]
                 if lt >= ls:
                     continue
                 m = max(base_g + lt, base_h - lt)
-                if m >= limit or m >= best:
+                if m >= limit:
+                    continue
+                # et's move adds at least -1: no lookup where that cannot win.
+                if m >= best and cost_s - 1 >= best_cost:
                     continue
                 et = out[t]
                 if et == es:
                     continue
+                cost = (cost_s + (0 if was[g * num_logical + et] > 0 else 1)
+                        - (0 if was[h * num_logical + et] > 0 else 1))
+                if cost > best_cost or (cost == best_cost and m >= best):
+                    continue
                 if avoid_dup and (held[g * num_logical + et] > 0 or held[h * num_logical + es] > 0):
                     continue
                 best = m
+                best_cost = cost
                 best_s = s
                 best_t = t
     return best_s, best_t
@@ -182,7 +198,7 @@ def dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound, held):
 
 @jit
 def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avoid_dup, out, loads, fscratch,
-                   iscratch, held, mark):
+                   iscratch, held, was, mark):
     """Movement-aware placement of one layer into ``out``; False if ``bound`` is missed.
 
     ``cnt`` are the replica counts to reach, ``share[e]`` the load of one of
@@ -193,7 +209,10 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
     expert) and, with ``avoid_dup``, ``held`` (int64, ``num_gpus *
     len(share)``; else empty); both zero on entry and on return.  (Without
     duplicate checks no per-GPU counts are needed, and a table that size
-    costs more to clear than the layer to plan.)
+    costs more to clear than the layer to plan.)  ``was`` (int64, ``num_gpus
+    * len(share)``, zero on entry and on return) is filled here with the
+    old placement's counts at the first swap, so that swaps prefer moves
+    that copy nothing.
     """
     num_phy = old.shape[0]
     num_logical = share.shape[0]
@@ -211,15 +230,27 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         need[e] = cnt[e]
     for q in range(num_phy):
         out[q] = -1
+    # Old replicas of each expert on its node (scratch until the missing
+    # replicas are listed).  -1: an empty slot (a GPU that is new, or whose
+    # experts were lost).  Loops per node and GPU, so that no slot or GPU
+    # pays a 64-bit division for its node.
+    cand = todo
+    for e in range(num_logical):
+        cand[e] = 0
+    for node in range(num_nodes):
+        for q in range(node * gpus_per_node * per_gpu, (node + 1) * gpus_per_node * per_gpu):
+            e = old[q]
+            if e >= 0 and node_target[e] == node:
+                cand[e] += 1
     # Keep every old replica that is still wanted on its node, and sum each
-    # GPU's kept load in slot order.  (Loops per node and GPU, so that no
-    # slot or GPU pays a 64-bit division for its node.)
+    # GPU's kept load in slot order; where an expert has more old replicas
+    # than it keeps, choose below.
     for node in range(num_nodes):
         for g in range(node * gpus_per_node, (node + 1) * gpus_per_node):
             s = 0.0
             for q in range(g * per_gpu, (g + 1) * per_gpu):
                 e = old[q]
-                if node_target[e] != node or need[e] == 0:
+                if e < 0 or node_target[e] != node or need[e] == 0 or cand[e] > cnt[e]:
                     continue
                 if avoid_dup:
                     # Counted as they are kept: the checks need them now.
@@ -230,6 +261,44 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
                 need[e] -= 1
                 s += share[e]
             loads[g] = s
+    # An expert with fewer replicas than before keeps those on the lightest
+    # GPUs, heaviest experts first: dropping replicas off the busiest GPUs
+    # saves the swaps (two copies each) that would unload them later.
+    excess = iscratch[num_logical + num_phy:num_logical + 2 * num_phy]
+    n_ex = 0
+    for e in range(num_logical):
+        if cand[e] > cnt[e] and cnt[e] > 0:
+            # Insertion by share, heaviest first, equal shares in expert order.
+            k = n_ex
+            while k > 0 and share[excess[k - 1]] < share[e]:
+                excess[k] = excess[k - 1]
+                k -= 1
+            excess[k] = e
+            n_ex += 1
+    per_node = gpus_per_node * per_gpu
+    for i in range(n_ex):
+        e = excess[i]
+        lo = node_target[e] * per_node
+        for _ in range(cnt[e]):
+            best_q = -1
+            best_load = np.inf
+            for q in range(lo, lo + per_node):
+                if old[q] != e or out[q] >= 0:
+                    continue
+                g = q // per_gpu
+                if avoid_dup and held[g * num_logical + e] > 0:
+                    continue
+                if loads[g] < best_load:
+                    best_load = loads[g]
+                    best_q = q
+            if best_q < 0:
+                break
+            g = best_q // per_gpu
+            out[best_q] = e
+            need[e] -= 1
+            loads[g] += share[e]
+            if avoid_dup:
+                held[g * num_logical + e] += 1
     # Missing replicas, heaviest first, each to the lightest GPU with room.
     # After a small drift few experts miss one: find them a block at a time
     # (``need`` is never negative, so an OR tells whether a block has any).
@@ -299,6 +368,7 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
     # Swap only while it lowers the busiest GPU.
     for q in range(num_phy):
         slot_load[q] = share[out[q]]
+    swapping = False
     for _ in range(4 * num_phy):
         g = 0
         for h in range(num_gpus):
@@ -306,6 +376,11 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
                 g = h
         if loads[g] <= bound:
             break
+        if not swapping:
+            # Built at the first swap: a layer that meets the bound without
+            # one (the common case after a small drift) never pays for it.
+            count_held(old, per_gpu, num_logical, was, 1)
+            swapping = True
         first = (g // gpus_per_node) * gpus_per_node
         # The lightest GPU of the node almost always offers the best swap:
         # try it alone first, then the whole node.
@@ -313,11 +388,11 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         for h in range(first, first + gpus_per_node):
             if h != g and (light == g or loads[h] < loads[light]):
                 light = h
-        s, t = _best_swap(out, slot_load, loads, light, light + 1, per_gpu, g, loads[g], avoid_dup, held, num_logical,
-                          mark, firsts, bounds)
+        s, t = _best_swap(out, slot_load, loads, light, light + 1, per_gpu, g, loads[g], avoid_dup, held, was,
+                          num_logical, mark, firsts, bounds)
         if s < 0:
             s, t = _best_swap(out, slot_load, loads, first, first + gpus_per_node, per_gpu, g, loads[g], avoid_dup,
-                              held, num_logical, mark, firsts, bounds)
+                              held, was, num_logical, mark, firsts, bounds)
         if s < 0:
             break
         _swap_slots(out, loads, per_gpu, s, t, slot_load[s], slot_load[t], held, num_logical)
@@ -328,6 +403,8 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         # ``held`` back to zero: dedupe counts afresh.
         count_held(out, per_gpu, num_logical, held, -1)
         dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound, held)
+    if swapping:
+        count_held(old, per_gpu, num_logical, was, -1)
     for g in range(num_gpus):
         if loads[g] > bound:
             return False
