@@ -170,7 +170,8 @@ def plot_simulation(path, result):
     seen = []
     for i, (name, rows) in enumerate(result["per_rebalance"].items()):
         steps = [r["step"] for r in rows]
-        series = ([r["imbalance"] for r in rows], [r["intra_node_copies"] + r["inter_node_copies"] for r in rows])
+        copies = [r["intra_node_copies"] + r["inter_node_copies"] + r["from_storage"] for r in rows]
+        series = ([r["imbalance"] for r in rows], copies)
         label = name
         for other, other_series in seen:
             if other_series == series:

@@ -84,6 +84,7 @@ def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, p
                 "imbalance": float(imbalance_ratio(gpu_loads(ahead, new, gpus)).mean()),
                 "intra_node_copies": m.intra_node,
                 "inter_node_copies": m.inter_node,
+                "from_storage": m.from_storage,
                 "bytes": m.bytes,
                 "planning_ms": elapsed * 1e3,
                 "duplicates": _duplicates(new, gpus),
@@ -95,7 +96,8 @@ def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, p
         r = rows[name]
         summary[name] = {
             "imbalance": float(np.mean([x["imbalance"] for x in r])),
-            "copies_per_rebalance": float(np.mean([x["intra_node_copies"] + x["inter_node_copies"] for x in r])),
+            "copies_per_rebalance": float(np.mean([x["intra_node_copies"] + x["inter_node_copies"]
+                                                   + x["from_storage"] for x in r])),
             "inter_node_copies_per_rebalance": float(np.mean([x["inter_node_copies"] for x in r])),
             "planning_ms_median": float(np.median([x["planning_ms"] for x in r])),
             "duplicates": float(np.mean([x["duplicates"] for x in r])),
@@ -136,7 +138,7 @@ def format_simulation(result):
         "",
         "imbalance   per-step (max - mean) / mean GPU load over the steps after each rebalance (0 = even)",
         "copies      slots whose expert was not already on their GPU, per rebalance (all layers)",
-        "inter-node  those copies that come from another node, or from storage where no GPU held the expert",
+        "inter-node  those copies that come from a GPU on another node",
         "vs ref      the reference's copies divided by this policy's",
         "dups        second replicas of an expert on the same GPU, per rebalance (all layers): wasted slots",
         "plan ms     median time to plan one rebalance (all layers), this machine",
