@@ -13,13 +13,16 @@ from ._api import (
     replicate_experts,
     warmup,
 )
+from ._budget import LayerGains, layer_gains
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LayerGains",
     "Migration",
     "__version__",
     "balanced_packing",
+    "layer_gains",
     "plan_migration",
     "rebalance_experts",
     "rebalance_experts_hierarchical",

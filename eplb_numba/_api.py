@@ -8,7 +8,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _engine
-from ._elastic import check_old_placement
+from ._budget import apply_budget
+from ._elastic import check_budget, check_old_placement
 from ._kernels.packing import SCAN_PACKS, pack_rows, pack_rows_f32
 from ._kernels.replication import replicate_rows
 from ._validate import F32_MAX, as_count, as_flag, as_slack, as_weight, check_layout, check_output_size
@@ -26,7 +27,8 @@ def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num
                       old_phy2log: ArrayLike | None = None, max_load_slack: float = 0.0,
                       avoid_duplicates: bool = False, old_num_gpus: int | None = None,
                       rank_mapping: Mapping[int, int] | Sequence[int] | None = None,
-                      failed_gpus: Iterable[int] | None = None,
+                      failed_gpus: Iterable[int] | None = None, max_copies: int | None = None,
+                      min_imbalance: float = 0.0,
                       ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """Plan replicas and their placement from per-expert loads.
 
@@ -75,6 +77,14 @@ def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num
         GPUs of the new layout that are lost: their experts must come back
         elsewhere, and their slots are -1 (empty) in the result, which
         plans on the live GPUs (see ``docs/movement.md``).
+    max_copies : int, optional
+        At most this many expert copies from ``old_phy2log`` (same GPUs),
+        over all layers: layers change whole, those whose busiest GPU gets
+        lightest per copy first (``layer_gains``); the others keep the old
+        placement.
+    min_imbalance : float, optional
+        Leave alone every layer whose old placement's ``(max - mean) / mean``
+        GPU load, on these loads, is at most this (0.05 = 5%).
 
     Returns
     -------
@@ -104,9 +114,11 @@ def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num
     max_load_slack = as_slack(max_load_slack)
     avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
     old, change = check_old_placement(old_phy2log, layout, old_num_gpus, rank_mapping, failed_gpus)
+    budget = check_budget(max_copies, min_imbalance, old, change)
     if old is None and not avoid_duplicates:
         return _engine.rebalance(w, layout)
-    return _engine.beyond_reference(w, layout, None, old, max_load_slack, avoid_duplicates, change)[:3]
+    planned = _engine.beyond_reference(w, layout, None, old, max_load_slack, avoid_duplicates, change)[:3]
+    return planned if budget is None else apply_budget(w, layout, old, planned, *budget)
 
 
 def rebalance_experts_hierarchical(weight: ArrayLike, num_physical_experts: int, num_groups: int, num_nodes: int,

@@ -15,9 +15,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validate import check_old_ids
+from ._validate import as_count, as_slack, check_old_ids
 
-__all__ = ["GpuChange", "as_gpu_change", "check_old_placement", "on_new_gpus"]
+__all__ = ["GpuChange", "as_gpu_change", "check_budget", "check_old_placement", "on_new_gpus"]
 
 
 class GpuChange(NamedTuple):
@@ -160,3 +160,18 @@ def check_old_placement(old_phy2log, layout, old_num_gpus=None, rank_mapping=Non
     change = as_gpu_change(old.shape[1], layout.num_replicas, layout.num_gpus, old_num_gpus, rank_mapping,
                            failed_gpus)
     return old, change
+
+
+def check_budget(max_copies, min_imbalance, old, change):
+    """``(max_copies, min_imbalance)`` checked, or None where no budget applies."""
+    min_imbalance = as_slack(min_imbalance, "min_imbalance")
+    if max_copies is None and min_imbalance == 0:
+        return None
+    budget = float("inf") if max_copies is None else as_count(max_copies, "max_copies", minimum=0)
+    if old is None:
+        raise ValueError("max_copies and min_imbalance limit the change from the placement in service: pass "
+                         "old_phy2log with them")
+    if change is not None and not change.identity:
+        raise ValueError("max_copies and min_imbalance apply to the same GPUs; after a change of GPUs every "
+                         "layer must move (plan without them, then order the layers with layer_gains)")
+    return budget, min_imbalance

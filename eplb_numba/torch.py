@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from . import _api, _engine
-from ._elastic import check_old_placement
+from ._budget import apply_budget
+from ._elastic import check_budget, check_old_placement
 from ._validate import as_flag, as_slack, check_dtype, check_layout, check_weight_values
 
 __all__ = [
@@ -91,7 +92,8 @@ def rebalance_experts(weight: _torch.Tensor, num_replicas: int, num_groups: int,
                       old_phy2log: _torch.Tensor | Sequence | None = None, max_load_slack: float = 0.0,
                       avoid_duplicates: bool = False, old_num_gpus: int | None = None,
                       rank_mapping: Mapping[int, int] | Sequence[int] | None = None,
-                      failed_gpus: Iterable[int] | None = None,
+                      failed_gpus: Iterable[int] | None = None, max_copies: int | None = None,
+                      min_imbalance: float = 0.0,
                       ) -> tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor]:
     """:func:`eplb_numba.rebalance_experts` over a tensor on any device.
 
@@ -110,8 +112,11 @@ def rebalance_experts(weight: _torch.Tensor, num_replicas: int, num_groups: int,
     sums = _group_sums(w, layout)
     old_ids = old_phy2log.detach().cpu().numpy() if isinstance(old_phy2log, _torch.Tensor) else old_phy2log
     old, change = check_old_placement(old_ids, layout, old_num_gpus, rank_mapping, failed_gpus)
+    budget = check_budget(max_copies, min_imbalance, old, change)
     if old is not None or avoid_duplicates:
         out = _engine.beyond_reference(w.numpy(), layout, sums, old, max_load_slack, avoid_duplicates, change)[:3]
+        if budget is not None:
+            out = apply_budget(w.numpy(), layout, old, out, *budget)
         return _to_device(out, weight.device)
     device = weight.device
     if device.type == "cpu":
@@ -245,6 +250,10 @@ class EplbNumbaMovementPolicy(EplbNumbaPolicy):
 
     MAX_LOAD_SLACK = 0.0
     AVOID_DUPLICATES = True
+    # A copy budget per rebalance (None: none) and the imbalance under which
+    # a layer is left alone; see rebalance_experts.
+    MAX_COPIES: int | None = None
+    MIN_IMBALANCE = 0.0
 
     @classmethod
     def _plan(cls, weight, num_replicas, num_groups, num_nodes, num_ranks, old):
@@ -256,7 +265,18 @@ class EplbNumbaMovementPolicy(EplbNumbaPolicy):
             # width).
             old = _as_tensor(old, "old_global_expert_indices")
         return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks, old_phy2log=old,
-                                 max_load_slack=cls.MAX_LOAD_SLACK, avoid_duplicates=cls.AVOID_DUPLICATES)
+                                 max_load_slack=cls.MAX_LOAD_SLACK, avoid_duplicates=cls.AVOID_DUPLICATES,
+                                 **cls._budget(old, num_replicas))
+
+    @classmethod
+    def _budget(cls, old, num_replicas):
+        # From a placement of the same width only: after a scaling event every
+        # layer moves.  (Layers with empty slots move whatever the budget.)
+        if old is None or old.ndim != 2 or old.shape[1] != num_replicas:
+            return {}
+        if cls.MAX_COPIES is None and cls.MIN_IMBALANCE == 0:
+            return {}
+        return {"max_copies": cls.MAX_COPIES, "min_imbalance": cls.MIN_IMBALANCE}
 
 
 def install_vllm_policy(policy: type | None = None) -> None:

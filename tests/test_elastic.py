@@ -237,3 +237,75 @@ def test_other_slots_per_gpu(slots):
     assert m.from_storage == 0 and m.intra_node + m.inter_node == len(m.expert)
     fresh = eplb_numba.rebalance_experts(w, slots, 8, 2, 16)[0]
     assert len(m.expert) <= copies(old, fresh, 16, num_nodes=2, old_num_gpus=16)
+
+
+def test_copy_budget():
+    w = deepseek_v3_loads(58, 256, seed=1)
+    rng = np.random.default_rng(7)
+    w2 = np.round(w * np.exp(0.05 * rng.standard_normal(w.shape))).astype(np.int64)
+    old = eplb_numba.rebalance_experts(w, 288, 8, 4, 32)[0]
+    before = (old.copy(), w2.copy())
+    full = eplb_numba.rebalance_experts(w2, 288, 8, 4, 32, old_phy2log=old)
+    gains = eplb_numba.layer_gains(w2, old, full[0], 32, 4)
+    # The order: layers that gain, largest gain per copy first.
+    ratio = gains.gain[gains.order] / gains.copies[gains.order]
+    assert (np.diff(ratio) <= 1e-12).all() and (gains.gain[gains.order] > 0).all()
+    total = int(gains.copies.sum())
+    for budget in (0, 1, 40, total // 3, total):
+        out = eplb_numba.rebalance_experts(w2, 288, 8, 4, 32, old_phy2log=old, max_copies=budget)
+        check_plan(w2, out, 32, num_nodes=4, groups=8)
+        spent = copies(old, out[0], 32, num_nodes=4)
+        assert spent <= budget
+        # Every layer is either the old one or the unbudgeted plan's.
+        same_old = (out[0] == old).all(axis=1)
+        same_new = (out[0] == full[0]).all(axis=1)
+        assert (same_old | same_new).all()
+        # Greedy by gain per copy: the layers taken are a prefix of the order, skipping those that do not fit.
+        taken = [layer for layer in gains.order if same_new[layer] and not same_old[layer]]
+        left = [layer for layer in gains.order if not same_new[layer]]
+        if left:
+            first_left = list(gains.order).index(left[0])
+            assert all(layer in taken for layer in gains.order[:first_left])
+    np.testing.assert_array_equal(old, before[0])
+    np.testing.assert_array_equal(w2, before[1])
+    # A threshold leaves the balanced layers alone.
+    calm = eplb_numba.rebalance_experts(w2, 288, 8, 4, 32, old_phy2log=old, min_imbalance=10.0)[0]
+    np.testing.assert_array_equal(calm, old)
+    # A layer with an expert on no GPU moves whatever the budget.
+    broken = old.copy()
+    broken[3][broken[3] == 7] = 8
+    out = eplb_numba.rebalance_experts(w2, 288, 8, 4, 32, old_phy2log=broken, max_copies=0)
+    check_plan(w2, out, 32)
+
+
+def test_copy_budget_errors_and_torch():
+    w = np.arange(2 * 16).reshape(2, 16)
+    old = eplb_numba.rebalance_experts(w, 24, 4, 2, 8)[0]
+    with pytest.raises(ValueError, match="max_copies must be at least 0"):
+        eplb_numba.rebalance_experts(w, 24, 4, 2, 8, old_phy2log=old, max_copies=-1)
+    with pytest.raises(TypeError, match="max_copies must be an integer"):
+        eplb_numba.rebalance_experts(w, 24, 4, 2, 8, old_phy2log=old, max_copies=2.5)
+    with pytest.raises(ValueError, match="min_imbalance must be a finite number >= 0"):
+        eplb_numba.rebalance_experts(w, 24, 4, 2, 8, old_phy2log=old, min_imbalance=-0.1)
+    with pytest.raises(ValueError, match="pass old_phy2log with them"):
+        eplb_numba.rebalance_experts(w, 24, 4, 2, 8, max_copies=3)
+    with pytest.raises(ValueError, match="apply to the same GPUs"):
+        eplb_numba.rebalance_experts(w, 24, 4, 2, 8, old_phy2log=old, failed_gpus=[1], max_copies=3)
+    with pytest.raises(ValueError, match="old_phy2log must have new_phy2log's shape"):
+        eplb_numba.layer_gains(w, old[:, :16], old, 8)
+    torch = pytest.importorskip("torch")
+    from eplb_numba import torch as eplb_torch
+
+    w2 = w[:, ::-1].copy()
+    want = eplb_numba.rebalance_experts(w2, 24, 4, 2, 8, old_phy2log=old, max_copies=2)
+    got = eplb_torch.rebalance_experts(torch.from_numpy(w2), 24, 4, 2, 8, old_phy2log=torch.from_numpy(old),
+                                       max_copies=2)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+    class Budgeted(eplb_torch.EplbNumbaMovementPolicy):
+        MAX_COPIES = 2
+
+    policy = Budgeted.rebalance_experts(torch.from_numpy(w2), 24, 4, 2, 8, torch.from_numpy(old))
+    policy = policy[0] if isinstance(policy, tuple) else policy
+    np.testing.assert_array_equal(policy.numpy(), want[0])
