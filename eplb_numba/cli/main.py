@@ -2,7 +2,7 @@
 
   eplb-numba [rebalance] [LOADS] [--replicas N --groups N --nodes N --gpus N]
              [--json] [--out FILE] [--plot FILE.png] [--force]
-  eplb-numba simulate [TRACE] [--every K --window W] [--json] [--plot FILE.png] [--force]
+  eplb-numba simulate [TRACE] [--every K --window W] [--budgets PCT,...] [--json] [--plot FILE.png] [--force]
   eplb-numba warmup
 
 With no LOADS file, rebalance runs on the built-in DeepSeek-R1-shaped workload
@@ -54,6 +54,8 @@ def _parser():
         s.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     s.add_argument("--every", type=int, default=100, help="steps between rebalances (default 100)")
     s.add_argument("--window", type=int, default=200, help="past steps each plan uses (default 200)")
+    s.add_argument("--budgets", metavar="PCT,...", help="also replay copy budgets, each a percentage of the "
+                   "reference's copies per rebalance (e.g. 1,2,5)")
     s.add_argument("--expert-mb", type=float, default=0.0, help="MB of one expert's weights per layer, for bytes")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--plot", metavar="FILE.png", help="draw imbalance and copies over time (needs matplotlib)")
@@ -157,6 +159,22 @@ def _check_trace(trace, what):
                        f"them in; rescale the trace")
 
 
+def _budgets(text):
+    # "1,2,5" -> (0.01, 0.02, 0.05): shares of the reference's copies.
+    if text is None:
+        return ()
+    shares = []
+    for part in text.split(","):
+        try:
+            pct = float(part)
+        except ValueError:
+            raise CliError(f"--budgets takes percentages separated by commas, such as 1,2,5; got {part!r}") from None
+        if not 0 <= pct <= 100:
+            raise CliError(f"--budgets: each budget is a percentage from 0 to 100, got {part}")
+        shares.append(pct / 100)
+    return tuple(shares)
+
+
 def _simulate(args):
     from .simulate import format_simulation, simulate
 
@@ -171,12 +189,13 @@ def _simulate(args):
             raise CliError(f"--{name} must be at least 1")
     if not (args.expert_mb >= 0 and args.expert_mb < float("inf")):
         raise CliError(f"--expert-mb must be a finite number >= 0, got {args.expert_mb}")
+    budgets = _budgets(args.budgets)
     _check_plot(args)
     _check_trace(trace, args.trace or "the built-in trace")
     cfg = (args.replicas, args.groups, args.nodes, args.gpus)
     try:
         result = simulate(trace, cfg, every=args.every, window=args.window,
-                          expert_bytes=int(args.expert_mb * 2**20), progress=_bar)
+                          expert_bytes=int(args.expert_mb * 2**20), progress=_bar, budgets=budgets)
     except (ValueError, TypeError) as exc:
         raise _in_cli_terms(exc, args.trace) from None
     if args.plot:

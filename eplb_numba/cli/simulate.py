@@ -48,16 +48,36 @@ POLICIES = {
 }
 
 
+def _budgeted(share):
+    # The movement-aware plan within ``share`` of the copies the reference's plan would make.
+    def plan(w, cfg, old):
+        scratch = rebalance_experts(w, *cfg)[0]
+        budget = int(share * len(plan_migration(old, scratch, cfg[3], cfg[2]).expert))
+        return rebalance_experts(w, *cfg, old_phy2log=old, max_copies=budget)[0]
+
+    return plan
+
+
+def budget_name(share):
+    """The policy name of a copy budget of ``share`` (0.02: 2% of the reference's copies)."""
+    return f"movement-aware, {share * 100:.3g}% of ref copies"
+
+
 def _duplicates(phy2log, gpus):
     per = phy2log.shape[1] // gpus
     s = np.sort(phy2log.reshape(phy2log.shape[0], gpus, per), axis=-1)
     return int((s[..., 1:] == s[..., :-1]).sum())
 
 
-def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, progress=None):
-    """Replay ``trace`` [steps, layers, experts] under each policy; a JSON-ready dict."""
+def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, progress=None, budgets=()):
+    """Replay ``trace`` [steps, layers, experts] under each policy; a JSON-ready dict.
+
+    ``budgets`` adds a movement-aware policy per share (0.02: at most 2% of
+    the copies the reference's plan makes at that rebalance).
+    """
     replicas, groups, nodes, gpus = cfg
-    names = list(policies or POLICIES)
+    plans = {**POLICIES, **{budget_name(share): _budgeted(share) for share in budgets}}
+    names = list(policies or POLICIES) + [budget_name(share) for share in budgets]
     points = list(range(window, trace.shape[0] - every + 1, every))
     if len(points) < 2:
         raise ValueError(
@@ -75,7 +95,7 @@ def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, p
         ref_peak = gpu_loads(w, rebalance_experts(w, *cfg)[0], gpus).max(axis=1)
         for name in names:
             start = time.perf_counter()
-            new = POLICIES[name](w, cfg, state[name])
+            new = plans[name](w, cfg, state[name])
             elapsed = time.perf_counter() - start
             m = plan_migration(state[name], new, gpus, nodes, expert_bytes)
             peak = gpu_loads(w, new, gpus).max(axis=1)
@@ -141,7 +161,8 @@ def format_simulation(result):
         "inter-node  those copies that come from a GPU on another node",
         "vs ref      the reference's copies divided by this policy's",
         "dups        second replicas of an expert on the same GPU, per rebalance (all layers): wasted slots",
-        "plan ms     median time to plan one rebalance (all layers), this machine",
+        "plan ms     median time to plan one rebalance (all layers), this machine; a budget row's includes",
+        "            planning the reference, which sizes the budget",
         "over peak   layers, over all rebalances, whose busiest GPU exceeded the reference plan's busiest",
     ]
     return "\n".join(lines)
