@@ -210,6 +210,27 @@ def test_simulate_copy_budgets(tmp_path):
     assert_error(cli(*args, "--budgets", "101"), "--budgets: each budget is a percentage from 0 to 100")
 
 
+def test_simulate_scenarios(tmp_path):
+    rng = np.random.default_rng(5)
+    trace = rng.integers(0, 50, (70, 3, 16)) * (1 + np.arange(16))
+    np.save(tmp_path / "trace.npy", trace)
+    args = ("simulate", tmp_path / "trace.npy", "--replicas", "32", "--groups", "4", "--nodes", "2", "--gpus", "8",
+            "--every", "10", "--window", "10")
+    lost = cli(*args, "--scenario", "lost-gpu", "--lose-gpu", "3", "--json")
+    assert lost.returncode == 0, lost.stderr
+    report = json.loads(lost.stdout)
+    assert report["scenario"] == "lost-gpu" and report["rebalances"] == 5
+    moved = report["per_rebalance"]["movement-aware, slack 0"]
+    assert [r["gpus"] for r in moved] == [8, 8, 7, 7, 7]
+    assert report["summary"]["movement-aware, slack 0"]["layers_above_reference_peak"] == 0
+    scale = cli(*args, "--scenario", "scale", "--json")
+    assert scale.returncode == 0, scale.stderr
+    assert [r["gpus"] for r in json.loads(scale.stdout)["per_rebalance"]["reference"]] == [8, 4, 4, 8, 8]
+    assert_error(cli(*args, "--scenario", "lost-gpu", "--lose-gpu", "9"), "--lose-gpu", "0..7")
+    assert_error(cli(*args, "--scenario", "scale", "--budgets", "2"), "--budgets replays the drift scenario")
+    assert_error(cli(*args, "--gpus", "4", "--scenario", "scale"), "the scale scenario removes 4 of the 4 GPUs")
+
+
 def test_simulate_errors(tmp_path):
     np.save(tmp_path / "flat.npy", LOADS)
     assert_error(cli("simulate", tmp_path / "flat.npy"), "3-D [steps, layers, experts]")

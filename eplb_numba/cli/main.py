@@ -56,6 +56,10 @@ def _parser():
     s.add_argument("--window", type=int, default=200, help="past steps each plan uses (default 200)")
     s.add_argument("--budgets", metavar="PCT,...", help="also replay copy budgets, each a percentage of the "
                    "reference's copies per rebalance (e.g. 1,2,5)")
+    s.add_argument("--scenario", choices=("drift", "lost-gpu", "scale"), default="drift",
+                   help="drift (default): the same GPUs throughout; lost-gpu: --lose-gpu fails at the middle "
+                        "rebalance; scale: 4 GPUs fewer from the 2nd rebalance to the 4th")
+    s.add_argument("--lose-gpu", type=int, default=5, metavar="N", help="the GPU lost in --scenario lost-gpu (5)")
     s.add_argument("--expert-mb", type=float, default=0.0, help="MB of one expert's weights per layer, for bytes")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--plot", metavar="FILE.png", help="draw imbalance and copies over time (needs matplotlib)")
@@ -68,7 +72,7 @@ def _parser():
 
 # The API's parameter names, as the command line's flags and file.
 _FLAGS = (("num_replicas", "--replicas"), ("num_groups", "--groups"), ("num_nodes", "--nodes"),
-          ("num_gpus", "--gpus"))
+          ("num_gpus", "--gpus"), ("the GPU to lose", "--lose-gpu"))
 
 
 def _in_cli_terms(exc, source):
@@ -190,12 +194,15 @@ def _simulate(args):
     if not (args.expert_mb >= 0 and args.expert_mb < float("inf")):
         raise CliError(f"--expert-mb must be a finite number >= 0, got {args.expert_mb}")
     budgets = _budgets(args.budgets)
+    if budgets and args.scenario != "drift":
+        raise CliError("--budgets replays the drift scenario; leave out --scenario, or --budgets")
     _check_plot(args)
     _check_trace(trace, args.trace or "the built-in trace")
     cfg = (args.replicas, args.groups, args.nodes, args.gpus)
     try:
         result = simulate(trace, cfg, every=args.every, window=args.window,
-                          expert_bytes=int(args.expert_mb * 2**20), progress=_bar, budgets=budgets)
+                          expert_bytes=int(args.expert_mb * 2**20), progress=_bar, budgets=budgets,
+                          scenario=args.scenario, lose_gpu=args.lose_gpu)
     except (ValueError, TypeError) as exc:
         raise _in_cli_terms(exc, args.trace) from None
     if args.plot:

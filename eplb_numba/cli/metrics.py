@@ -11,8 +11,10 @@ def replica_counts(phy2log, num_logical):
     """Replicas of each expert in a placement, int64 [layers, num_logical]."""
     p2l = np.asarray(phy2log)
     layers = p2l.shape[0]
+    valid = p2l >= 0  # -1: an empty slot (a lost GPU's)
     offsets = (np.arange(layers, dtype=np.int64) * num_logical)[:, None]
-    counts = np.bincount((p2l + offsets).ravel(), minlength=layers * num_logical)
+    counts = np.bincount((np.where(valid, p2l, 0) + offsets).ravel(), weights=valid.ravel(),
+                         minlength=layers * num_logical)
     return counts.reshape(layers, num_logical).astype(np.int64)
 
 
@@ -20,13 +22,15 @@ def gpu_loads(weight, phy2log, num_gpus):
     """GPU loads [..., layers, num_gpus]; an expert's load is split evenly over its replicas.
 
     ``weight`` is [layers, experts] or [steps, layers, experts]; ``phy2log``
-    is [layers, slots] with slots GPU-major.
+    is [layers, slots] with slots GPU-major, -1 for an empty slot.
     """
     w = np.asarray(weight, dtype=np.float64)
     p2l = np.asarray(phy2log)
     counts = replica_counts(p2l, w.shape[-1])
-    share = np.take_along_axis(1.0 / np.maximum(counts, 1), p2l, axis=1)
-    per_slot = np.take_along_axis(w, np.broadcast_to(p2l, w.shape[:-1] + p2l.shape[-1:]), axis=-1) * share
+    # Empty slots (-1) carry no load.
+    ids = np.where(p2l >= 0, p2l, 0)
+    share = np.take_along_axis(1.0 / np.maximum(counts, 1), ids, axis=1) * (p2l >= 0)
+    per_slot = np.take_along_axis(w, np.broadcast_to(ids, w.shape[:-1] + ids.shape[-1:]), axis=-1) * share
     return per_slot.reshape(w.shape[:-1] + (num_gpus, -1)).sum(axis=-1)
 
 

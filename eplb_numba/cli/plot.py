@@ -194,7 +194,8 @@ def plot_simulation(path, result):
     c = result["config"]
     policy = c.get("policy", "hierarchical" if c["groups"] % c["nodes"] == 0 else "global")
     fig.suptitle(f"Trace replay: rebalance every {result['every']} steps from the last {result['window']}; "
-                 f"{c['replicas']} slots on {c['gpus']} GPUs, {c['nodes']} nodes, {policy} policy")
+                 f"{c['replicas']} slots on {c['gpus']} GPUs, {c['nodes']} nodes, {policy} policy"
+                 + ("" if result.get("scenario", "drift") == "drift" else f"; scenario {result['scenario']}"))
     # One legend for both panels, below them: inside, it covered the lines.
     fig.legend(loc="lower center", ncol=3, frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, 0.12, 1, 1))

@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from .. import _engine, plan_migration, rebalance_experts
+from .._validate import check_layout
 from .metrics import gpu_loads, imbalance_ratio
 
 __all__ = ["POLICIES", "simulate", "format_simulation"]
@@ -66,24 +67,85 @@ def budget_name(share):
 def _duplicates(phy2log, gpus):
     per = phy2log.shape[1] // gpus
     s = np.sort(phy2log.reshape(phy2log.shape[0], gpus, per), axis=-1)
-    return int((s[..., 1:] == s[..., :-1]).sum())
+    return int(((s[..., 1:] == s[..., :-1]) & (s[..., 1:] >= 0)).sum())
 
 
-def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, progress=None, budgets=()):
+SCENARIOS = ("drift", "lost-gpu", "scale")
+
+
+def _layouts(scenario, cfg, count, experts, lose_gpu):
+    """``(replicas, gpus, failed)`` in service after each of ``count`` rebalances.
+
+    ``lost-gpu``: GPU ``lose_gpu`` is lost from the middle rebalance on;
+    ``scale``: 4 GPUs fewer (the same slots per GPU) from the second
+    rebalance to the fourth, then back.
+    """
+    replicas, groups, nodes, gpus = cfg
+    per = replicas // gpus
+    if scenario == "lost-gpu" and not 0 <= lose_gpu < gpus:
+        raise ValueError(f"the GPU to lose ({lose_gpu}) must be one of the {gpus} GPUs (0..{gpus - 1})")
+    if scenario == "scale" and ((gpus - 4) < nodes or (gpus - 4) % nodes or per * (gpus - 4) < experts):
+        raise ValueError(f"the scale scenario removes 4 of the {gpus} GPUs: the rest must split over the {nodes} "
+                         f"nodes and hold the {experts} experts at {per} slots each; use more GPUs or slots")
+    out = []
+    for i in range(1, count + 1):
+        if scenario == "lost-gpu" and i > count // 2:
+            out.append((replicas, gpus, (lose_gpu,)))
+        elif scenario == "scale" and 2 <= i < 4:
+            out.append((per * (gpus - 4), gpus - 4, ()))
+        else:
+            out.append((replicas, gpus, ()))
+    return out
+
+
+def _from_scratch(w, groups, nodes, lay):
+    # The reference's plan on the layout in service (on the live GPUs, -1 on lost ones).
+    replicas, gpus, failed = lay
+    if not failed:
+        return rebalance_experts(w, replicas, groups, nodes, gpus)[0]
+    layout = check_layout(w.shape, replicas, groups, nodes, gpus)
+    live, slots = _engine.live_gpus(layout, np.isin(np.arange(gpus), failed))
+    out = np.full((w.shape[0], replicas), -1, dtype=np.int64)
+    out[:, slots] = rebalance_experts(w, live.num_replicas, live.num_groups, live.num_nodes, live.num_gpus)[0]
+    return out
+
+
+def _scenario_plans(groups, nodes):
+    def movement(slack):
+        def plan(w, lay, old):
+            replicas, gpus, failed = lay
+            return rebalance_experts(w, replicas, groups, nodes, gpus, old_phy2log=old, failed_gpus=failed or None,
+                                     max_load_slack=slack)[0]
+        return plan
+
+    return {"reference": lambda w, lay, old: _from_scratch(w, groups, nodes, lay),
+            "movement-aware, slack 0": movement(0.0), "movement-aware, slack 1%": movement(0.01)}
+
+
+def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, progress=None, budgets=(),
+             scenario="drift", lose_gpu=5):
     """Replay ``trace`` [steps, layers, experts] under each policy; a JSON-ready dict.
 
     ``budgets`` adds a movement-aware policy per share (0.02: at most 2% of
-    the copies the reference's plan makes at that rebalance).
+    the copies the reference's plan makes at that rebalance).  ``scenario``
+    ``lost-gpu`` or ``scale`` changes the GPUs mid-trace (see ``_layouts``)
+    and replays the reference from scratch beside the movement-aware plans.
     """
     replicas, groups, nodes, gpus = cfg
-    plans = {**POLICIES, **{budget_name(share): _budgeted(share) for share in budgets}}
-    names = list(policies or POLICIES) + [budget_name(share) for share in budgets]
     points = list(range(window, trace.shape[0] - every + 1, every))
     if len(points) < 2:
         raise ValueError(
             f"a trace of {trace.shape[0]} steps leaves fewer than two rebalances with window={window} and "
             f"every={every}; use a longer trace or smaller --window/--every"
         )
+    if scenario == "drift":
+        named = {**POLICIES, **{budget_name(share): _budgeted(share) for share in budgets}}
+        plans = {name: (lambda w, lay, old, f=f: f(w, cfg, old)) for name, f in named.items()}
+        names = list(policies or POLICIES) + [budget_name(share) for share in budgets]
+    else:
+        plans = _scenario_plans(groups, nodes)
+        names = list(plans)
+    layouts = _layouts(scenario, cfg, len(points) - 1, trace.shape[-1], lose_gpu)
     first = rebalance_experts(trace[points[0] - window:points[0]].sum(axis=0), *cfg)[0]
     state = {name: first for name in names}
     rows = {name: [] for name in names}
@@ -92,22 +154,26 @@ def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, p
             progress(f"[{i}/{len(points) - 1}] rebalance at step {t}")
         w = trace[t - window:t].sum(axis=0)
         ahead = trace[t:t + every]
-        ref_peak = gpu_loads(w, rebalance_experts(w, *cfg)[0], gpus).max(axis=1)
+        lay = layouts[i - 1]
+        layout_gpus, failed = lay[1], list(lay[2])
+        live = np.delete(np.arange(layout_gpus), failed)
+        ref_peak = gpu_loads(w, _from_scratch(w, groups, nodes, lay), layout_gpus).max(axis=1)
         for name in names:
             start = time.perf_counter()
-            new = plans[name](w, cfg, state[name])
+            new = plans[name](w, lay, state[name])
             elapsed = time.perf_counter() - start
-            m = plan_migration(state[name], new, gpus, nodes, expert_bytes)
-            peak = gpu_loads(w, new, gpus).max(axis=1)
+            m = plan_migration(state[name], new, layout_gpus, nodes, expert_bytes, failed_gpus=failed or None)
+            peak = gpu_loads(w, new, layout_gpus).max(axis=1)
             rows[name].append({
                 "step": t,
-                "imbalance": float(imbalance_ratio(gpu_loads(ahead, new, gpus)).mean()),
+                "gpus": int(live.size),
+                "imbalance": float(imbalance_ratio(gpu_loads(ahead, new, layout_gpus)[..., live]).mean()),
                 "intra_node_copies": m.intra_node,
                 "inter_node_copies": m.inter_node,
                 "from_storage": m.from_storage,
                 "bytes": m.bytes,
                 "planning_ms": elapsed * 1e3,
-                "duplicates": _duplicates(new, gpus),
+                "duplicates": _duplicates(new, layout_gpus),
                 "layers_above_reference_peak": int((peak > ref_peak * (1 + 1e-9)).sum()),
             })
             state[name] = new
@@ -131,7 +197,7 @@ def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, p
             summary[name]["fewer_copies_than_reference"] = fewer
     config = {**dict(zip(("replicas", "groups", "nodes", "gpus"), cfg)),
               "policy": "hierarchical" if groups % nodes == 0 else "global"}
-    return {"config": config, "every": every, "window": window,
+    return {"config": config, "every": every, "window": window, "scenario": scenario,
             "rebalances": len(points) - 1, "summary": summary, "per_rebalance": rows}
 
 
@@ -140,9 +206,11 @@ def format_simulation(result):
     # The reference's rule: hierarchical where the groups split evenly over the nodes.
     policy = c.get("policy", "hierarchical" if c["groups"] % c["nodes"] == 0 else "global")
     where = f"{c['groups']} groups on {c['nodes']} nodes" if policy == "hierarchical" else "groups ignored"
+    scenario = {"drift": "", "lost-gpu": "; a GPU lost at the middle rebalance",
+                "scale": "; 4 GPUs fewer from the 2nd rebalance to the 4th"}[result.get("scenario", "drift")]
     lines = [
         f"replay: {result['rebalances']} rebalances, every {result['every']} steps from the last "
-        f"{result['window']}; {c['replicas']} slots on {c['gpus']} GPUs, {policy} policy ({where})",
+        f"{result['window']}; {c['replicas']} slots on {c['gpus']} GPUs, {policy} policy ({where}){scenario}",
         "",
         f"{'planner':40}{'imbalance':>10}{'copies':>9}{'inter-node':>11}{'vs ref':>8}{'dups':>7}{'plan ms':>9}"
         f"{'over peak':>10}",
