@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 import eplb_numba
-from eplb_numba.cli.metrics import gpu_loads, imbalance_ratio
+from eplb_numba._metrics import gpu_loads, imbalance_ratio
 from eplb_numba.cli.workload import drifting_trace
 
 CFG = (288, 8, 4, 32)

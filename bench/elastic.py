@@ -18,17 +18,8 @@ import time
 import numpy as np
 
 import eplb_numba
+from eplb_numba._metrics import gpu_loads
 from eplb_numba.cli.workload import deepseek_v3_loads
-
-
-def _peaks(weight, phy2log, num_gpus):
-    per = phy2log.shape[1] // num_gpus
-    out = np.zeros(phy2log.shape[0])
-    for layer, row in enumerate(phy2log):
-        cnt = np.bincount(row[row >= 0], minlength=weight.shape[1])
-        share = np.where(row >= 0, weight[layer, np.maximum(row, 0)] / cnt[np.maximum(row, 0)], 0.0)
-        out[layer] = share.reshape(-1, per).sum(axis=1)[: num_gpus].max()
-    return out
 
 
 def _median_ms(fn, runs=15):
@@ -69,7 +60,8 @@ def scenarios(slack=0.0):
                 return new, eplb_numba.plan_migration(before, new, gpus, 4, **kw)
             new, moved = plan()
             scratch_copies = len(eplb_numba.plan_migration(before, fresh, gpus, 4, **kw).expert)
-            over = int((_peaks(w, new, gpus) > _peaks(w, fresh, peak_gpus) * (1 + slack) * (1 + 1e-9)).sum())
+            bound = gpu_loads(w, fresh, peak_gpus).max(axis=1) * (1 + slack) * (1 + 1e-9)
+            over = int((gpu_loads(w, new, gpus).max(axis=1) > bound).sum())
             rows.append({"policy": policy, "scenario": name, "copies": len(moved.expert),
                          "from_storage": moved.from_storage, "scratch": scratch_copies, "least": least,
                          "layers_over": over, "ms": _median_ms(plan)})

@@ -13,7 +13,6 @@ from ._api import (
     replicate_experts,
     warmup,
 )
-from ._budget import LayerGains, layer_gains
 
 __version__ = "0.1.0"
 
@@ -33,7 +32,8 @@ __all__ = [
 
 # The movement-aware tools compile their own kernels; load them on first use
 # so that ``import eplb_numba`` stays fast.
-_LAZY = {"Migration": "._migration", "plan_migration": "._migration"}
+_LAZY = {"LayerGains": "._migration", "Migration": "._migration", "layer_gains": "._migration",
+         "plan_migration": "._migration"}
 
 
 def __getattr__(name):

@@ -8,7 +8,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _engine
-from ._budget import apply_budget
 from ._elastic import check_budget, check_old_placement
 from ._kernels.packing import SCAN_PACKS, pack_rows, pack_rows_f32
 from ._kernels.replication import replicate_rows
@@ -117,8 +116,7 @@ def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num
     budget = check_budget(max_copies, min_imbalance, old, change)
     if old is None and not avoid_duplicates:
         return _engine.rebalance(w, layout)
-    planned = _engine.beyond_reference(w, layout, None, old, max_load_slack, avoid_duplicates, change)[:3]
-    return planned if budget is None else apply_budget(w, layout, old, planned, *budget)
+    return _engine.beyond_reference(w, layout, None, old, max_load_slack, avoid_duplicates, change, budget)[:3]
 
 
 def rebalance_experts_hierarchical(weight: ArrayLike, num_physical_experts: int, num_groups: int, num_nodes: int,

@@ -17,7 +17,7 @@ import numpy as np
 
 from ._validate import as_count, as_slack, check_old_ids
 
-__all__ = ["GpuChange", "as_gpu_change", "check_budget", "check_old_placement", "on_new_gpus"]
+__all__ = ["GpuChange", "as_gpu_change", "check_budget", "check_old_placement", "gpu_change", "on_new_gpus"]
 
 
 class GpuChange(NamedTuple):
@@ -128,17 +128,23 @@ def as_gpu_change(old_width: int, num_replicas: int, num_gpus: int, old_num_gpus
     return GpuChange(count, old_width // count, num_replicas // num_gpus, old_to_new, failed, can_send)
 
 
-def on_new_gpus(old: np.ndarray, change: GpuChange, num_replicas: int) -> np.ndarray:
-    """The old placement as it stands on the new GPUs: ``[layers, num_replicas]``, -1 where nothing is.
+def gpu_change(old_width: int, num_replicas: int, num_gpus: int, old_num_gpus=None, rank_mapping=None,
+               failed_gpus=None) -> GpuChange | None:
+    """``as_gpu_change``, or None for the same GPUs described by no argument (no work on every plan)."""
+    if old_num_gpus is None and rank_mapping is None and failed_gpus is None and old_width == num_replicas:
+        return None
+    return as_gpu_change(old_width, num_replicas, num_gpus, old_num_gpus, rank_mapping, failed_gpus)
+
+
+def on_new_gpus(old: np.ndarray, change: GpuChange) -> np.ndarray:
+    """The old placement as it stands on the new GPUs: ``[layers, new slots]``, -1 where nothing is.
 
     A GPU keeps its slots in order (up to the new slots per GPU); a GPU that
     leaves or fails keeps nothing; a new GPU starts empty.
     """
-    num_gpus = change.failed.shape[0]
-    per_new = num_replicas // num_gpus
-    per_old = old.shape[1] // change.old_num_gpus
+    per_new, per_old = change.new_per_gpu, change.old_per_gpu
     keep = min(per_new, per_old)
-    out = np.full((old.shape[0], num_replicas), -1, dtype=np.int64)
+    out = np.full((old.shape[0], change.failed.shape[0] * per_new), -1, dtype=np.int64)
     for g in range(change.old_num_gpus):
         n = int(change.old_to_new[g])
         if n >= 0 and change.can_send[g]:
@@ -155,11 +161,8 @@ def check_old_placement(old_phy2log, layout, old_num_gpus=None, rank_mapping=Non
                 raise ValueError(f"{name} describes the old placement's GPUs: pass old_phy2log with it")
         return None, None
     old = check_old_ids(old_phy2log, layout)
-    if old_num_gpus is None and rank_mapping is None and failed_gpus is None and old.shape[1] == layout.num_replicas:
-        return old, None  # the same GPUs: no change to describe (and no work on every plan)
-    change = as_gpu_change(old.shape[1], layout.num_replicas, layout.num_gpus, old_num_gpus, rank_mapping,
+    return old, gpu_change(old.shape[1], layout.num_replicas, layout.num_gpus, old_num_gpus, rank_mapping,
                            failed_gpus)
-    return old, change
 
 
 def check_budget(max_copies, min_imbalance, old, change):

@@ -9,6 +9,7 @@ sentinels below); the kernels test ``x.shape[0]``, never a flag.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from ._kernels.movement import (
     movement_layers,
 )
 from ._kernels.slots import preserve_slots as _preserve_slots_kernel
+from ._metrics import gpu_loads, imbalance_ratio, replica_counts
 from ._validate import check_layout
 
 __all__ = [
@@ -33,8 +35,10 @@ __all__ = [
     "OLD_SPLIT",
     "REFERENCE_SPLIT",
     "RELABELLED_REFERENCE",
+    "LayerGains",
     "beyond_reference",
     "empty_maps",
+    "layer_table",
     "live_gpus",
     "maps_in_slot_order",
     "migration_copies",
@@ -137,7 +141,7 @@ def preserve_slots(phy2log, old_phy2log, num_gpus, num_logical):
     return out, maps_in_slot_order(out, num_logical)[0]
 
 
-def beyond_reference(w, layout, group_sums, old, max_load_slack, avoid_duplicates, change=None):
+def beyond_reference(w, layout, group_sums, old, max_load_slack, avoid_duplicates, change=None, budget=None):
     """Placement for the opt-in options of float32 loads ``w``.
 
     ``group_sums`` as for ``place``; ``old`` is None or the checked old
@@ -146,11 +150,16 @@ def beyond_reference(w, layout, group_sums, old, max_load_slack, avoid_duplicate
     log2phy, logcnt, how)``; ``how[layer]`` says how the layer was planned:
     ``OLD_SPLIT``, ``REFERENCE_SPLIT``, ``RELABELLED_REFERENCE``, or
     ``NOT_PLANNED`` without an old placement.  ``max_load_slack`` and
-    ``avoid_duplicates`` come checked (``as_slack``, ``as_flag``) by the callers.
+    ``avoid_duplicates`` come checked (``as_slack``, ``as_flag``) by the
+    callers, ``budget`` (``(max_copies, min_imbalance)``, same GPUs only)
+    by ``_elastic.check_budget``.
     """
     if old is not None and change is not None and not change.identity:
         return _replan(w, layout, group_sums, old, change, max_load_slack, avoid_duplicates)
-    return _plan(w, layout, group_sums, old, max_load_slack, avoid_duplicates)
+    planned = _plan(w, layout, group_sums, old, max_load_slack, avoid_duplicates)
+    if budget is None:
+        return planned
+    return (*_within_budget(w, layout, old, planned[:3], *budget), planned[3])
 
 
 def _plan(w, layout, group_sums, old, slack, avoid_duplicates):
@@ -181,7 +190,7 @@ def _plan(w, layout, group_sums, old, slack, avoid_duplicates):
 def _replan(w, layout, group_sums, old, change, slack, avoid_duplicates):
     # From an old placement on another GPU set: what survives, as it stands
     # on the new GPUs, is the old placement of an ordinary movement-aware plan.
-    stands = on_new_gpus(old, change, layout.num_replicas)
+    stands = on_new_gpus(old, change)
     if not change.failed.any():
         return _plan(w, layout, group_sums, stands, slack, avoid_duplicates)
     # Lost GPUs hold nothing: plan on the live ones, then put their slots back in place.
@@ -221,6 +230,50 @@ def live_gpus(layout, failed):
     live_layout = check_layout((layout.num_layers, layout.num_logical), live.size * per_gpu, groups, nodes,
                                int(live.size))
     return live_layout, slots
+
+
+class LayerGains(NamedTuple):
+    """Per layer: what changing it costs and gains; ``order`` is the order to move layers in."""
+
+    order: np.ndarray  # layers that gain, largest gain per copy first (ties: lower layer first)
+    copies: np.ndarray  # expert copies that take each layer from old to new
+    gain: np.ndarray  # old busiest GPU load minus new, on the given loads (float64)
+    imbalance: np.ndarray  # old placement's (max - mean) / mean GPU load, per layer
+
+
+def layer_table(w, old, new, num_gpus, num_nodes, num_logical):
+    """``LayerGains`` of placements ``old`` and ``new`` (checked, the same shape) on loads ``w``."""
+    copies, _, _ = migration_copies(old, new, num_gpus, num_nodes, num_logical)
+    per_layer = np.bincount(copies[0], minlength=new.shape[0])
+    old_loads = gpu_loads(w, old, num_gpus)
+    gain = old_loads.max(axis=1) - gpu_loads(w, new, num_gpus).max(axis=1)
+    moving = np.flatnonzero((per_layer > 0) & (gain > 0))
+    # Gain per copy, largest first; a stable sort keeps lower layers first on ties.
+    order = moving[np.argsort(-(gain[moving] / per_layer[moving]), kind="stable")]
+    return LayerGains(order, per_layer, gain, imbalance_ratio(old_loads))
+
+
+def _within_budget(w, layout, old, planned, max_copies, min_imbalance):
+    # ``planned`` (phy2log, log2phy, logcnt) changed only where the budget
+    # allows.  Layers that must change (an empty slot, an expert without a
+    # replica) are taken first, whatever they cost; then layers whose old
+    # imbalance exceeds ``min_imbalance``, by gain per copy, while their
+    # copies fit in ``max_copies``; the others keep the old placement.
+    phy2log = planned[0]
+    gains = layer_table(w, old, phy2log, layout.num_gpus, layout.num_nodes, layout.num_logical)
+    take = (old < 0).any(axis=1) | (replica_counts(old, layout.num_logical) == 0).any(axis=1)
+    spent = int(gains.copies[take].sum())
+    for layer in gains.order:
+        cost = int(gains.copies[layer])
+        # Greedy by gain per copy: a layer that does not fit leaves room for cheaper ones.
+        if not take[layer] and gains.imbalance[layer] > min_imbalance and spent + cost <= max_copies:
+            take[layer] = True
+            spent += cost
+    if take.all():
+        return planned
+    out = np.where(take[:, None], phy2log, old)
+    log2phy, logcnt = maps_in_slot_order(out, layout.num_logical)
+    return out, log2phy, logcnt
 
 
 def migration_copies(old, new, num_gpus, num_nodes, num_logical, change=None, old_empty=True, new_empty=True):

@@ -1,4 +1,5 @@
-"""``plan_migration``: the expert copies that take one placement to another."""
+"""Two placements compared: the expert copies between them (``plan_migration``) and what each
+layer's change costs and gains (``layer_gains``, for a copy budget and layer-by-layer transfer)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._elastic import as_gpu_change
-from ._engine import migration_copies
-from ._validate import as_count, as_ids, check_ids_of, check_layout
+from ._elastic import gpu_change
+from ._engine import LayerGains, layer_table, migration_copies
+from ._validate import as_count, as_ids, as_weight, check_ids_of, check_layout
 
-__all__ = ["Migration", "plan_migration"]
+__all__ = ["LayerGains", "Migration", "layer_gains", "plan_migration"]
 
 
 class Migration(NamedTuple):
@@ -89,10 +90,8 @@ def plan_migration(old_phy2log: ArrayLike, new_phy2log: ArrayLike, num_gpus: int
     layout = check_layout((new.shape[0], max(num_logical, 1)), new.shape[1], 1, num_nodes, num_gpus, maps=False)
     new = check_ids_of(new, new_span, layout, "new_phy2log")
     old = check_ids_of(old, old_span, layout, "old_phy2log")
-    if old_num_gpus is None and rank_mapping is None and failed_gpus is None and old.shape == new.shape:
-        change = None  # the common case: the same GPUs
-    else:
-        change = as_gpu_change(old.shape[1], new.shape[1], num_gpus, old_num_gpus, rank_mapping, failed_gpus)
+    change = gpu_change(old.shape[1], new.shape[1], num_gpus, old_num_gpus, rank_mapping, failed_gpus)
+    if change is not None:
         per_gpu = new.shape[1] // num_gpus
         on_failed = new.reshape(new.shape[0], num_gpus, per_gpu)[:, change.failed] >= 0
         if on_failed.any():
@@ -106,3 +105,41 @@ def plan_migration(old_phy2log: ArrayLike, new_phy2log: ArrayLike, num_gpus: int
     layer, expert, src_gpu, src_slot, dst_gpu, dst_slot = copies
     return Migration(layer, expert, src_gpu, src_slot, dst_gpu, dst_slot, intra, n - intra - storage,
                      n * expert_bytes, storage)
+
+
+def layer_gains(weight: ArrayLike, old_phy2log: ArrayLike, new_phy2log: ArrayLike, num_gpus: int,
+                num_nodes: int = 1) -> LayerGains:
+    """What moving each layer from ``old_phy2log`` to ``new_phy2log`` costs and gains.
+
+    Parameters
+    ----------
+    weight : array_like, shape (layers, num_logical)
+        Loads to judge the placements on (the loads the new plan was made from, or better,
+        those that follow it).
+    old_phy2log, new_phy2log : array_like of int, shape (layers, num_replicas)
+        Placements on the same GPUs, as ``rebalance_experts`` returns them.
+    num_gpus, num_nodes : int
+        GPUs in all, and nodes (for the copies' sources, as in ``plan_migration``).
+
+    Returns
+    -------
+    LayerGains
+        ``order``: the layers whose busiest GPU gets lighter, largest gain per copy first: the
+        order to move layers in, a few at a time.  ``copies``, ``gain`` and ``imbalance``
+        (the old placement's) per layer.
+    """
+    w = as_weight(weight, dtype=np.float64)
+    num_gpus = as_count(num_gpus, "num_gpus")
+    num_nodes = as_count(num_nodes, "num_nodes")
+    new, new_span = as_ids(new_phy2log, "new_phy2log")
+    if new.ndim != 2 or new.shape[0] != w.shape[0]:
+        raise ValueError(f"new_phy2log must have shape ({w.shape[0]}, num_replicas), one row per layer of "
+                         f"weight, got {new.shape}")
+    layout = check_layout(w.shape, new.shape[1], 1, num_nodes, num_gpus, maps=False)
+    new = check_ids_of(new, new_span, layout, "new_phy2log")
+    old, old_span = as_ids(old_phy2log, "old_phy2log")
+    old = check_ids_of(old, old_span, layout, "old_phy2log")
+    if old.shape != new.shape:
+        raise ValueError(f"old_phy2log must have new_phy2log's shape {new.shape}, got {old.shape}; a change of "
+                         f"GPUs moves every layer (plan_migration lists those copies)")
+    return layer_table(w, old, new, num_gpus, num_nodes, layout.num_logical)

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from . import _api, _engine
-from ._budget import apply_budget
 from ._elastic import check_budget, check_old_placement
 from ._validate import as_flag, as_slack, check_dtype, check_layout, check_weight_values
 
@@ -114,9 +113,8 @@ def rebalance_experts(weight: _torch.Tensor, num_replicas: int, num_groups: int,
     old, change = check_old_placement(old_ids, layout, old_num_gpus, rank_mapping, failed_gpus)
     budget = check_budget(max_copies, min_imbalance, old, change)
     if old is not None or avoid_duplicates:
-        out = _engine.beyond_reference(w.numpy(), layout, sums, old, max_load_slack, avoid_duplicates, change)[:3]
-        if budget is not None:
-            out = apply_budget(w.numpy(), layout, old, out, *budget)
+        out = _engine.beyond_reference(w.numpy(), layout, sums, old, max_load_slack, avoid_duplicates, change,
+                                       budget)[:3]
         return _to_device(out, weight.device)
     device = weight.device
     if device.type == "cpu":

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eplb_numba
-from eplb_numba.cli.metrics import gpu_loads
+from eplb_numba._metrics import gpu_loads
 
 from .conftest import make_loads
 

@@ -14,8 +14,8 @@ import pytest
 import eplb_numba
 from eplb_numba._engine import ref_plan
 from eplb_numba._kernels.repack import layer_loads
+from eplb_numba._metrics import replica_counts
 from eplb_numba._validate import as_weight, check_layout
-from eplb_numba.cli.metrics import replica_counts
 
 from .conftest import LOAD_KINDS, make_loads, random_config
 

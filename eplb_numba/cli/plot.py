@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._metrics import balancedness, gpu_loads, in_order_loads
 from .files import CliError
-from .metrics import balancedness, gpu_loads, in_order_loads
 
 __all__ = ["plot_balance", "plot_policy", "plot_simulation"]
 

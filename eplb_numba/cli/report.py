@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import balancedness, gpu_loads, imbalance_ratio, in_order_loads
+from .._metrics import balancedness, gpu_loads, imbalance_ratio, in_order_loads
 
 __all__ = ["build_report", "format_report"]
 

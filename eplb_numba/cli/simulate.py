@@ -13,8 +13,8 @@ import time
 import numpy as np
 
 from .. import _engine, plan_migration, rebalance_experts
+from .._metrics import gpu_loads, imbalance_ratio
 from .._validate import check_layout
-from .metrics import gpu_loads, imbalance_ratio
 
 __all__ = ["POLICIES", "simulate", "format_simulation"]
 

@@ -1,4 +1,7 @@
-"""Balance figures of a placement (plain NumPy; not on the hot path)."""
+"""Balance figures of a placement (plain NumPy; not on the hot path).
+
+Used by the copy budget and by the command line's reports, plots and replays.
+"""
 
 from __future__ import annotations
 
@@ -27,10 +30,12 @@ def gpu_loads(weight, phy2log, num_gpus):
     w = np.asarray(weight, dtype=np.float64)
     p2l = np.asarray(phy2log)
     counts = replica_counts(p2l, w.shape[-1])
-    # Empty slots (-1) carry no load.
+    # One replica's load: the load over the count, each expert divided once.
+    # Empty slots (-1) carry none.
+    per_replica = w / np.maximum(counts, 1)
     ids = np.where(p2l >= 0, p2l, 0)
-    share = np.take_along_axis(1.0 / np.maximum(counts, 1), ids, axis=1) * (p2l >= 0)
-    per_slot = np.take_along_axis(w, np.broadcast_to(ids, w.shape[:-1] + ids.shape[-1:]), axis=-1) * share
+    per_slot = np.take_along_axis(per_replica, np.broadcast_to(ids, w.shape[:-1] + ids.shape[-1:]), axis=-1)
+    per_slot = per_slot * (p2l >= 0)
     return per_slot.reshape(w.shape[:-1] + (num_gpus, -1)).sum(axis=-1)
 
 
