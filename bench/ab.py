@@ -60,7 +60,7 @@ def _case(name, what, row, inputs=1):
     """
     pkg = importlib.import_module(name)
     # The rows and loads are inputs, the same for both versions: this tree's.
-    from harness import MODEL_ROWS, SWEEP_ROWS
+    from harness import MODEL_ROWS, SWEEP_ROWS, drift
 
     from eplb_numba.cli import workload
 
@@ -74,7 +74,7 @@ def _case(name, what, row, inputs=1):
     rng = np.random.default_rng(7)
     drifted = []
     for weight in weights:
-        new_w = np.round(weight * np.exp(0.02 * rng.standard_normal(weight.shape))).astype(np.int64)
+        new_w = drift(weight, rng)
         old = pkg.rebalance_experts(weight, *cfg)[0]
         drifted.append((old, new_w, pkg.rebalance_experts(new_w, *cfg, old_phy2log=old)[0]))
     cases = itertools.cycle(drifted)

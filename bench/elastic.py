@@ -16,6 +16,7 @@ import statistics
 import time
 
 import numpy as np
+from harness import drift
 
 import eplb_numba
 from eplb_numba._metrics import gpu_loads
@@ -35,7 +36,7 @@ def _median_ms(fn, runs=15):
 def scenarios(slack=0.0):
     rng = np.random.default_rng(7)
     base = deepseek_v3_loads(58, 256, seed=1)
-    w = np.round(base * np.exp(0.02 * rng.standard_normal(base.shape))).astype(np.int64)
+    w = drift(base, rng)
     rows = []
     for groups, policy in ((8, "hierarchical"), (1, "global")):
         old = eplb_numba.rebalance_experts(base, 320, groups, 4, 32)[0]

@@ -117,11 +117,16 @@ def bench_row(name, cfg, *, reference=True, runs=200, budget_s=3.0, progress=Non
     return row
 
 
+def drift(weight, rng):
+    """``weight`` after the movement benchmarks' drift: each load times e**(0.02 z), rounded to int64."""
+    return np.round(weight * np.exp(0.02 * rng.standard_normal(weight.shape))).astype(np.int64)
+
+
 def movement_row(runs=100, budget_s=3.0):
     """Movement-aware plan plus migration plan, DeepSeek-V3 EP32, after a 2% drift."""
     rng = np.random.default_rng(7)
     old_w = deepseek_v3_loads(seed=1)
-    new_w = np.round(old_w * np.exp(0.02 * rng.standard_normal(old_w.shape))).astype(np.int64)
+    new_w = drift(old_w, rng)
     cfg = (288, 8, 4, 32)
     old = rebalance_experts(old_w, *cfg)[0]
 

@@ -23,6 +23,7 @@ import statistics
 import time
 
 import numpy as np
+from harness import drift
 
 import eplb_numba
 from eplb_numba import _engine
@@ -58,7 +59,7 @@ def main(argv=None):
     cases = []
     for k in range(args.inputs):
         base = deepseek_v3_loads(58, 256, seed=1 + k)
-        drifted = np.round(base * np.exp(0.02 * rng.standard_normal(base.shape))).astype(np.int64)
+        drifted = drift(base, rng)
         old = eplb_numba.rebalance_experts(base, *cfg)[0]
         new = eplb_numba.rebalance_experts(drifted, *cfg, old_phy2log=old)[0]
         cases.append((old, drifted, drifted.astype(np.float32), new))

@@ -272,8 +272,6 @@ class EplbNumbaMovementPolicy(EplbNumbaPolicy):
         # layer moves.  (Layers with empty slots move whatever the budget.)
         if old is None or old.ndim != 2 or old.shape[1] != num_replicas:
             return {}
-        if cls.MAX_COPIES is None and cls.MIN_IMBALANCE == 0:
-            return {}
         return {"max_copies": cls.MAX_COPIES, "min_imbalance": cls.MIN_IMBALANCE}
 
 
