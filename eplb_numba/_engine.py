@@ -196,15 +196,14 @@ def _replan(w, layout, group_sums, old, change, slack, avoid_duplicates):
     # Lost GPUs hold nothing: plan on the live ones, then put their slots back in place.
     live_layout, slots = live_gpus(layout, change.failed)
     sums = group_sums if live_layout.num_nodes == layout.num_nodes else None
-    phy2log, log2phy, logcnt, how = _plan(w, live_layout, sums, np.ascontiguousarray(stands[:, slots]), slack,
-                                          avoid_duplicates)
+    phy2log, _, logcnt, how = _plan(w, live_layout, sums, np.ascontiguousarray(stands[:, slots]), slack,
+                                    avoid_duplicates)
     full = np.full((layout.num_layers, layout.num_replicas), -1, dtype=np.int64)
     full[:, slots] = phy2log
-    maps = np.full((layout.num_layers, layout.num_logical, layout.num_replicas - layout.num_logical + 1), -1,
-                   dtype=np.int64)
-    width = log2phy.shape[2]
-    maps[:, :, :width] = np.where(log2phy >= 0, slots[np.maximum(log2phy, 0)], -1)
-    return full, maps, logcnt, how
+    # The live plan's maps are in slot order, and live slots keep their order
+    # in the full layout: the full placement's own slot-order maps are the
+    # same replicas, ranked alike, without remapping a table in NumPy.
+    return full, maps_in_slot_order(full, layout.num_logical)[0], logcnt, how
 
 
 def live_gpus(layout, failed):

@@ -17,7 +17,7 @@ def clear_table(table):
 
 @jit
 def slot_order_maps(phy2log, log2phy, logcnt):
-    """``log2phy`` and ``logcnt`` of any placement, replica ranks in slot order.
+    """``log2phy`` and ``logcnt`` of any placement, replica ranks in slot order, -1 slots empty.
 
     For placements other than the reference's own, whose ranks come from the
     order replication made the replicas.
@@ -28,13 +28,18 @@ def slot_order_maps(phy2log, log2phy, logcnt):
 
 @jit
 def slot_order_layer(phy2log, table, counts):
-    """One layer of ``slot_order_maps``: ``table[e, r]`` the slot of e's r-th replica."""
+    """One layer of ``slot_order_maps``: ``table[e, r]`` the slot of e's r-th replica.
+
+    An empty slot (-1, a lost GPU's) holds no replica.
+    """
     clear_table(table)
     counts[:] = 0
     # Each replica's rank is its expert's count so far, used at once: no
     # second pass over the slots.
     for q in range(phy2log.shape[0]):
         e = phy2log[q]
+        if e < 0:
+            continue
         r = counts[e]
         counts[e] = r + 1
         table[e, r] = q

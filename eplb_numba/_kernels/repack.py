@@ -275,15 +275,38 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
                 k -= 1
             excess[k] = e
             n_ex += 1
-    per_node = gpus_per_node * per_gpu
+    # Their old slots on their node, listed in slot order by one pass over
+    # the slots (``firsts`` is free until the swaps): a scan of the node per
+    # kept replica cost most of a layer under the global policy, whose one
+    # node is every slot.  ``mark[e]`` flags the listed experts; ``cand[e]``
+    # becomes where e's list ends (each list starts where the previous one ends).
+    lists = firsts
+    at = 0
     for i in range(n_ex):
         e = excess[i]
-        lo = node_target[e] * per_node
+        mark[e] = 1
+        n = cand[e]
+        cand[e] = at
+        at += n
+    if n_ex:
+        for node in range(num_nodes):
+            for q in range(node * gpus_per_node * per_gpu, (node + 1) * gpus_per_node * per_gpu):
+                e = old[q]
+                if e >= 0 and mark[e] != 0 and node_target[e] == node:
+                    lists[cand[e]] = q
+                    cand[e] += 1
+    end = 0
+    for i in range(n_ex):
+        e = excess[i]
+        mark[e] = 0
+        start = end
+        end = cand[e]
         for _ in range(cnt[e]):
             best_q = -1
             best_load = np.inf
-            for q in range(lo, lo + per_node):
-                if old[q] != e or out[q] >= 0:
+            for k in range(start, end):
+                q = lists[k]
+                if out[q] >= 0:
                     continue
                 g = q // per_gpu
                 if avoid_dup and held[g * num_logical + e] > 0:
