@@ -276,10 +276,11 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
             excess[k] = e
             n_ex += 1
     # Their old slots on their node, listed in slot order by one pass over
-    # the slots (``firsts`` is free until the swaps): a scan of the node per
-    # kept replica cost most of a layer under the global policy, whose one
-    # node is every slot.  ``mark[e]`` flags the listed experts; ``cand[e]``
-    # becomes where e's list ends (each list starts where the previous one ends).
+    # the slots (``firsts`` is free until the swaps), rather than a scan of
+    # the node per kept replica: under the global policy the one node is
+    # every slot, and a scale-down leaves many experts with fewer replicas.
+    # ``mark[e]`` flags the listed experts; ``cand[e]`` becomes where e's
+    # list ends (each list starts where the previous one ends).
     lists = firsts
     at = 0
     for i in range(n_ex):
