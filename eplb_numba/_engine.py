@@ -57,6 +57,8 @@ SKIP_LOG2PHY = np.empty((0, 0, 0), dtype=np.int64)
 SKIP_RANKS = np.empty((0, 0), dtype=np.int64)
 # Zero layers: the kernel skips each group's node.
 SKIP_SPLIT = np.empty((0, 0), dtype=np.int64)
+# Zero layers: the kernel skips the replica counts (with log2phy).
+SKIP_COUNTS = np.empty((0, 0), dtype=np.int64)
 
 
 def place(w, layout, group_sums=None, log2phy=SKIP_LOG2PHY, out=None, ranks=True, split=SKIP_SPLIT):
@@ -162,8 +164,9 @@ def beyond_reference(w, layout, group_sums, old, max_load_slack, avoid_duplicate
     return (*_within_budget(w, layout, old, planned[:3], *budget), planned[3])
 
 
-def _plan(w, layout, group_sums, old, slack, avoid_duplicates):
+def _plan(w, layout, group_sums, old, slack, avoid_duplicates, maps=True):
     # beyond_reference on one set of GPUs; ``old`` (or None) has the new shape.
+    # ``maps=False``: no log2phy and logcnt (None), for a caller that makes its own.
     if old is not None and old.shape != (layout.num_layers, layout.num_replicas):
         # The kernels index old by the new layout's slots: never let another shape through.
         raise ValueError(f"internal error: an old placement of shape {old.shape} reached the planner for "
@@ -174,14 +177,19 @@ def _plan(w, layout, group_sums, old, slack, avoid_duplicates):
     out = np.empty_like(ref)
     if old is not None:
         # The kernel writes the maps too, each layer while it is in cache.
-        log2phy, logcnt = empty_maps(layout.num_layers, layout.num_replicas, layout.num_logical)
+        if maps:
+            log2phy, logcnt = empty_maps(layout.num_layers, layout.num_replicas, layout.num_logical)
+        else:
+            log2phy, logcnt = SKIP_LOG2PHY, SKIP_COUNTS
         run_by_layers(movement_layers, layout.num_layers, w, old, ref, ref_cnt, split, groups, layout.num_gpus, nodes,
                       slack, bool(avoid_duplicates), out, log2phy, logcnt, how)
-        return out, log2phy, logcnt, how
+        return (out, log2phy, logcnt, how) if maps else (out, None, None, how)
     if avoid_duplicates:
         run_by_layers(dedupe_layers, layout.num_layers, w, ref, ref_cnt, layout.num_gpus, nodes, slack, out)
     else:
         out[...] = ref
+    if not maps:
+        return out, None, None, how
     # Counted afresh: they differ from the reference's where the old split was kept.
     log2phy, logcnt = maps_in_slot_order(out, layout.num_logical)
     return out, log2phy, logcnt, how
@@ -196,14 +204,14 @@ def _replan(w, layout, group_sums, old, change, slack, avoid_duplicates):
     # Lost GPUs hold nothing: plan on the live ones, then put their slots back in place.
     live_layout, slots = live_gpus(layout, change.failed)
     sums = group_sums if live_layout.num_nodes == layout.num_nodes else None
-    phy2log, _, logcnt, how = _plan(w, live_layout, sums, np.ascontiguousarray(stands[:, slots]), slack,
-                                    avoid_duplicates)
+    phy2log, _, _, how = _plan(w, live_layout, sums, np.ascontiguousarray(stands[:, slots]), slack,
+                               avoid_duplicates, maps=False)
     full = np.full((layout.num_layers, layout.num_replicas), -1, dtype=np.int64)
     full[:, slots] = phy2log
-    # The live plan's maps are in slot order, and live slots keep their order
-    # in the full layout: the full placement's own slot-order maps are the
-    # same replicas, ranked alike, without remapping a table in NumPy.
-    return full, maps_in_slot_order(full, layout.num_logical)[0], logcnt, how
+    # Live slots keep their order in the full layout, so the full placement's
+    # own slot-order maps (empty slots skipped) are the live plan's maps with
+    # its slots renumbered: made once, here, not for the live layout first.
+    return (full, *maps_in_slot_order(full, layout.num_logical), how)
 
 
 def live_gpus(layout, failed):

@@ -198,7 +198,8 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
     placement relabelled onto the old GPUs.  ``how[layer]`` records which
     (``OLD_SPLIT``, ``REFERENCE_SPLIT``, ``RELABELLED_REFERENCE``).
     Experts that stay on a GPU then keep their old slot, and ``log2phy`` and
-    ``logcnt`` are written in slot order, layer by layer while it is in cache.
+    ``logcnt`` are written in slot order, layer by layer while it is in cache
+    (unless ``log2phy`` has zero layers).
     """
     num_layers, num_logical = weight.shape
     num_phy = ref.shape[1]
@@ -280,7 +281,8 @@ def movement_layers(weight, old, ref, ref_cnt, split, num_groups, num_gpus, num_
         # Swaps can carry an expert off a GPU and another replica of it back
         # in a different slot: put every stayer back in its old slot.
         preserve_layer(moved, old[layer], num_gpus, num_logical, out[layer], avail, skip)
-        slot_order_layer(out[layer], log2phy[layer], logcnt[layer])
+        if log2phy.shape[0]:
+            slot_order_layer(out[layer], log2phy[layer], logcnt[layer])
 
 
 @jit
