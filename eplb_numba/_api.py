@@ -252,6 +252,7 @@ def _warmup_steps():
         for nodes, gpus in ((2, 8), (3, 6)):  # hierarchical and global
             moved = rebalance_experts(w, 24, 4, nodes, gpus, old_phy2log=old, avoid_duplicates=True)[0]
             plan_migration(old, moved, gpus, nodes)
+            rebalance_experts(w, 24, 4, nodes, gpus, old_phy2log=old, max_copies=4)
 
     return [
         ("plan", lambda: (rebalance_experts(w, 24, 4, 2, 8), _engine.rebalance(w, layout, sums),

@@ -15,6 +15,7 @@ import numpy as np
 
 from ._elastic import on_new_gpus
 from ._jit import run_by_layers
+from ._kernels.budget import SOFT_WIDTH, spend_budget
 from ._kernels.hierarchical import place_layers
 from ._kernels.maps import slot_order_maps
 from ._kernels.migration import gather_copies, migration_rows
@@ -158,10 +159,9 @@ def beyond_reference(w, layout, group_sums, old, max_load_slack, avoid_duplicate
     """
     if old is not None and change is not None and not change.identity:
         return _replan(w, layout, group_sums, old, change, max_load_slack, avoid_duplicates)
-    planned = _plan(w, layout, group_sums, old, max_load_slack, avoid_duplicates)
     if budget is None:
-        return planned
-    return (*_within_budget(w, layout, old, planned[:3], *budget), planned[3])
+        return _plan(w, layout, group_sums, old, max_load_slack, avoid_duplicates)
+    return _within_budget(w, layout, group_sums, old, max_load_slack, avoid_duplicates, *budget)
 
 
 def _plan(w, layout, group_sums, old, slack, avoid_duplicates, maps=True):
@@ -260,27 +260,71 @@ def layer_table(w, old, new, num_gpus, num_nodes, num_logical):
     return LayerGains(order, per_layer, gain, imbalance_ratio(old_loads))
 
 
-def _within_budget(w, layout, old, planned, max_copies, min_imbalance):
-    # ``planned`` (phy2log, log2phy, logcnt) changed only where the budget
-    # allows.  Layers that must change (an empty slot, an expert without a
-    # replica) are taken first, whatever they cost; then layers whose old
-    # imbalance exceeds ``min_imbalance``, by gain per copy, while their
-    # copies fit in ``max_copies``; the others keep the old placement.
-    phy2log = planned[0]
-    gains = layer_table(w, old, phy2log, layout.num_gpus, layout.num_nodes, layout.num_logical)
-    take = (old < 0).any(axis=1) | (replica_counts(old, layout.num_logical) == 0).any(axis=1)
-    spent = int(gains.copies[take].sum())
-    for layer in gains.order:
-        cost = int(gains.copies[layer])
-        # Greedy by gain per copy: a layer that does not fit leaves room for cheaper ones.
-        if not take[layer] and gains.imbalance[layer] > min_imbalance and spent + cost <= max_copies:
-            take[layer] = True
-            spent += cost
-    if take.all():
-        return planned
-    out = np.where(take[:, None], phy2log, old)
-    log2phy, logcnt = maps_in_slot_order(out, layout.num_logical)
-    return out, log2phy, logcnt
+def _within_budget(w, layout, group_sums, old, slack, avoid_duplicates, max_copies, min_imbalance):
+    # The old placement, changed only as far as the budget allows.  Layers
+    # that must change (an empty slot, an expert without a replica) take the
+    # movement-aware plan first, whatever it costs.  Of the others, only
+    # those whose old imbalance exceeds ``min_imbalance`` may change: without
+    # ``max_copies`` they take the plan; with it, the copies are spent as
+    # swaps (``_kernels/budget.py``), and only if the swaps stop for want of
+    # gain, not of copies, are the rest offered to whole layers of the plan.
+    how = np.full(layout.num_layers, NOT_PLANNED, dtype=np.int64)
+    must = (old < 0).any(axis=1) | (replica_counts(old, layout.num_logical) == 0).any(axis=1)
+    eligible = ~must & (imbalance_ratio(gpu_loads(w, old, layout.num_gpus)) > min_imbalance)
+    out = old.copy()
+    spent = _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, np.flatnonzero(must), out, how)
+    if max_copies == float("inf"):
+        rows = np.flatnonzero(eligible)
+        planned = np.array(out)
+        _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, rows, planned, how)
+        gains = layer_table(w, old, planned, layout.num_gpus, layout.num_nodes, layout.num_logical)
+        take = eligible & (gains.copies > 0) & (gains.gain > 0)
+        out[take] = planned[take]
+    else:
+        left = max(int(max_copies) - spent, 0)
+        left -= spend_budget(w, old, eligible, layout.num_gpus, layout.num_nodes, left, SOFT_WIDTH, out)
+        if left >= 2 and eligible.any():
+            _whole_layers(w, layout, group_sums, old, slack, avoid_duplicates, eligible, left, out, how)
+    return (out, *maps_in_slot_order(out, layout.num_logical), how)
+
+
+def _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, rows, out, how):
+    # The movement-aware plan of layers ``rows`` into ``out`` (and ``how``);
+    # returns the copies it takes from ``old``.
+    if not rows.size:
+        return 0
+    sums = None if group_sums is None else group_sums[rows]
+    sub = layout._replace(num_layers=int(rows.size))
+    planned, _, _, sub_how = _plan(np.ascontiguousarray(w[rows]), sub, sums, np.ascontiguousarray(old[rows]), slack,
+                                   avoid_duplicates, maps=False)
+    out[rows] = planned
+    how[rows] = sub_how
+    return migration_copies(old[rows], planned, layout.num_gpus, layout.num_nodes, layout.num_logical)[0].shape[1]
+
+
+def _whole_layers(w, layout, group_sums, old, slack, avoid_duplicates, eligible, left, out, how):
+    # Layers of ``out`` (swapped) that the movement-aware plan balances
+    # better take it, largest gain per extra copy first, while the extra
+    # copies fit in ``left``.
+    rows = np.flatnonzero(eligible)
+    planned = out.copy()
+    plan_how = how.copy()
+    _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, rows, planned, plan_how)
+    busiest = gpu_loads(w, out, layout.num_gpus).max(axis=1)
+    gain = busiest - gpu_loads(w, planned, layout.num_gpus).max(axis=1)
+    better = np.flatnonzero(eligible & (gain > 0))
+    if not better.size:
+        return
+    copies = (migration_copies(old, p, layout.num_gpus, layout.num_nodes, layout.num_logical)[0][0]
+              for p in (planned, out))
+    extra = np.subtract(*(np.bincount(c, minlength=out.shape[0]) for c in copies))
+    # A stable sort keeps lower layers first on ties.
+    order = better[np.argsort(-(gain[better] / np.maximum(extra[better], 0.5)), kind="stable")]
+    for layer in order:
+        if extra[layer] <= left:
+            out[layer] = planned[layer]
+            how[layer] = plan_how[layer]
+            left -= int(extra[layer])
 
 
 def migration_copies(old, new, num_gpus, num_nodes, num_logical, change=None, old_empty=True, new_empty=True):
