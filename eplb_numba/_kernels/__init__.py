@@ -23,6 +23,8 @@ What lives where
     movement-aware plans over layers: the bound, the node split, the fallback.
 ``repack.py``
     one layer of those: keep what stays, fill freed slots, swap to the bound.
+``budget.py``
+    a copy budget spent as swaps of two experts between GPUs of a node.
 ``assign.py``
     optimal assignment (relabelling nodes and GPUs onto the old ones).
 ``migration.py``
