@@ -2,8 +2,9 @@
 
 ``python bench/budget.py [--plot docs/img/budget.png]`` replays ``eplb-numba
 simulate``'s built-in trace (DeepSeek-V3 EP32, hierarchical and global
-policies; rebalance every 100 steps from the last 200).  At each rebalance it compares, on the steps that follow: the placement
-in service left as it is, the reference's plan from scratch, and the
+policies; rebalance every 100 steps from the last 200).  At each
+rebalance it compares, on the steps that follow: the placement in service
+left as it is, the reference's plan from scratch, and the
 movement-aware plan limited to a share of the from-scratch plan's copies.
 It prints, per budget, the copies spent, the share of the from-scratch
 plan's imbalance reduction reached (mean over rebalances) and the median
