@@ -24,6 +24,7 @@ import numpy as np
 from . import _api, _engine
 from ._elastic import check_budget, check_old_placement
 from ._validate import as_flag, as_slack, check_dtype, check_layout, check_weight_values
+from ._vllm_methods import VllmDefaultMethods
 
 __all__ = [
     "EplbNumbaMovementPolicy",
@@ -191,24 +192,21 @@ def _policy_base():
     return AbstractEplbPolicy
 
 
-def _returns_tuple(base) -> bool:
-    # vLLM 0.13 to 0.18 return (phy2log, log2phy, logcnt); 0.19 and later
-    # return phy2log alone.  Follow whatever the installed base class declares.
-    annotation = getattr(getattr(base, "rebalance_experts", None), "__annotations__", {}).get("return")
-    return "tuple" in str(annotation).lower()
-
-
 # vLLM's AbstractEplbPolicy where vLLM is installed, else object: typed as Any.
 _PolicyBase: Any = _policy_base()
 
 
-class EplbNumbaPolicy(_PolicyBase):
+class EplbNumbaPolicy(VllmDefaultMethods, _PolicyBase):
     """vLLM EPLB policy running the bit-identical Numba planner.
 
     Matches ``AbstractEplbPolicy.rebalance_experts``: a classmethod taking
     ``(weight, num_replicas, num_groups, num_nodes, num_ranks,
     old_global_expert_indices=None)``.  Given the old placement, experts that
-    stay on a GPU keep their slot (as vLLM's default policy does).
+    stay on a GPU keep their slot (as vLLM's default policy does).  It also
+    has the default policy's other classmethods (``balanced_packing``,
+    ``replicate_experts``, ``rebalance_experts_hierarchical``,
+    ``preserve_intragpu_slots``), with the return values of the installed
+    vLLM (``VLLM_TUPLE_API`` overrides; see ``eplb_numba._vllm_methods``).
     """
 
     @classmethod
@@ -224,7 +222,7 @@ class EplbNumbaPolicy(_PolicyBase):
         phy2log, log2phy, logcnt = cls._plan(
             weight, num_replicas, num_groups, num_nodes, num_ranks, old_global_expert_indices
         )
-        if _returns_tuple(EplbNumbaPolicy.__mro__[1]):
+        if cls._tuple_api():
             return phy2log, log2phy, logcnt
         return phy2log
 

@@ -120,6 +120,9 @@ def test_policy_plugs_into_vllm_interface(tmp_path, returns):
         w = torch.arange(2 * 16).reshape(2, 16) % 5
         out = EplbNumbaPolicy.rebalance_experts(w, 24, 4, 2, 8, None)
         print(type(out).__name__, len(out) if isinstance(out, tuple) else tuple(out.shape))
+        # The other classmethods follow the same version's return values.
+        print(len(EplbNumbaPolicy.replicate_experts(w.numpy(), 20)),
+              type(EplbNumbaPolicy.rebalance_experts_hierarchical(w.numpy(), 24, 4, 2, 8)).__name__)
         _vllm_plugin()
         assert policy.EPLB_POLICIES["default"] is AbstractEplbPolicy
         os.environ["EPLB_NUMBA_VLLM_POLICY"] = "1"
@@ -137,7 +140,7 @@ def test_policy_plugs_into_vllm_interface(tmp_path, returns):
         [sys.executable, "-c", script], capture_output=True, text=True, env={**_env(), "PYTHONPATH": env_path}
     )
     assert result.returncode == 0, result.stderr
-    expected = "tuple 3" if returns.startswith("tuple") else "Tensor (2, 24)"
+    expected = "tuple 3\n3 tuple" if returns.startswith("tuple") else "Tensor (2, 24)\n2 ndarray"
     assert result.stdout.strip() == expected
 
 
