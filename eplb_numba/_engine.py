@@ -62,11 +62,12 @@ SKIP_SPLIT = np.empty((0, 0), dtype=np.int64)
 SKIP_COUNTS = np.empty((0, 0), dtype=np.int64)
 
 
-def place(w, layout, group_sums=None, log2phy=SKIP_LOG2PHY, out=None, ranks=True, split=SKIP_SPLIT):
+def place(w, layout, group_sums=None, log2phy=SKIP_LOG2PHY, out=None, ranks=True, split=SKIP_SPLIT, wide=False):
     """One kernel call for the whole plan; ``out`` takes preallocated (phy2log, logcnt).
 
     Returns ``(phy2log, phyrank, logcnt)``; ``phyrank`` is None unless ``ranks``.
     ``split`` [layers, groups], if given, receives each group's node.
+    ``wide``: packs add float64 loads, as DeepSeek's own EPLB (and SGLang) do.
     """
     groups, nodes, group_sums = policy_shape(layout, group_sums)
     if out is None:
@@ -76,7 +77,7 @@ def place(w, layout, group_sums=None, log2phy=SKIP_LOG2PHY, out=None, ranks=True
         phy2log, logcnt = out
     phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64) if ranks else SKIP_RANKS
     run_by_layers(place_layers, layout.num_layers,
-                  w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, split)
+                  w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, split, wide)
     return phy2log, phyrank if ranks else None, logcnt
 
 
@@ -104,15 +105,15 @@ def ref_plan(w, layout, group_sums=None):
     return phy2log, logcnt, split
 
 
-def rebalance(w, layout, group_sums=None, out=None):
-    """The reference plan (``rebalance_experts``); ``out`` takes preallocated outputs."""
+def rebalance(w, layout, group_sums=None, out=None, wide=False):
+    """The reference plan (``rebalance_experts``); ``out`` takes preallocated outputs, ``wide`` as for ``place``."""
     if out is None:
         max_count = layout.num_replicas - layout.num_logical + 1
         log2phy = np.empty((layout.num_layers, layout.num_logical, max_count), dtype=np.int64)
-        phy2log, _, logcnt = place(w, layout, group_sums, log2phy, ranks=False)
+        phy2log, _, logcnt = place(w, layout, group_sums, log2phy, ranks=False, wide=wide)
     else:
         phy2log, log2phy, logcnt = out
-        place(w, layout, group_sums, log2phy, out=(phy2log, logcnt), ranks=False)
+        place(w, layout, group_sums, log2phy, out=(phy2log, logcnt), ranks=False, wide=wide)
     return phy2log, log2phy, logcnt
 
 

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-def _as_tensor(weight, name="weight"):
+def _as_tensor(weight, name="weight", dims=(2,)):
     if not isinstance(weight, _torch.Tensor):
         arr = np.asarray(weight)
         check_dtype(arr.dtype, name)
@@ -52,7 +52,10 @@ def _as_tensor(weight, name="weight"):
         raise TypeError(f"{name} must be real, got complex dtype {weight.dtype}; pass token counts")
     if weight.dtype == _torch.bool:
         raise TypeError(f"{name} must hold numbers, got bool; pass token counts, e.g. {name}.long()")
-    if weight.dim() != 2:
+    if weight.dim() not in dims:
+        if 3 in dims:
+            raise ValueError(f"{name} must be [steps, layers, experts] or [layers, experts], got shape "
+                             f"{tuple(weight.shape)}; for one layer pass {name}[..., None, :]")
         raise ValueError(
             f"{name} must be 2-D [layers, experts], got shape {tuple(weight.shape)}; "
             f"for one layer pass {name}[None, :], for per-step counts sum over steps first"

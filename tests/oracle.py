@@ -18,21 +18,23 @@ import torch
 __all__ = [
     "REFERENCES",
     "balanced_packing",
+    "balanced_packing_float64",
     "balanced_packing_loops",
     "rebalance_experts",
     "rebalance_experts_hierarchical",
     "rebalance_experts_loops",
     "replicate_experts",
+    "sglang_deepseek",
 ]
 
 
-def balanced_packing(weight: torch.Tensor, num_packs: int):
+def balanced_packing(weight: torch.Tensor, num_packs: int, load_dtype=None):
     rows, n = weight.shape
     per_pack = n // num_packs
     if per_pack == 1:
         return torch.arange(n).repeat(rows, 1), torch.zeros(rows, n, dtype=torch.int64)
     order = weight.float().sort(-1, descending=True).indices
-    loads = torch.zeros(rows, num_packs, dtype=weight.dtype)
+    loads = torch.zeros(rows, num_packs, dtype=load_dtype or weight.dtype)
     counts = torch.zeros(rows, num_packs, dtype=torch.int64)
     pack_index = torch.full((rows, n), -1, dtype=torch.int64)
     rank_in_pack = torch.full((rows, n), -1, dtype=torch.int64)
@@ -54,6 +56,12 @@ def balanced_packing(weight: torch.Tensor, num_packs: int):
         loads[row, best] = loads[row, best] + weight[row, item]
         counts[row, best] += 1
     return pack_index, rank_in_pack
+
+
+def balanced_packing_float64(weight: torch.Tensor, num_packs: int):
+    """DeepSeek's own packing, which SGLang copies: each pack's load is a
+    float64 sum (Python floats of ``weight.tolist()``), not a float32 one."""
+    return balanced_packing(weight, num_packs, load_dtype=torch.float64)
 
 
 def balanced_packing_loops(weight: torch.Tensor, num_packs: int):
@@ -160,6 +168,16 @@ def rebalance_experts_loops(weight, num_replicas, num_groups, num_nodes, num_gpu
     return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, balanced_packing_loops)
 
 
+def sglang_deepseek(weight, num_replicas, num_groups, num_nodes, num_gpus, enable_hierarchical):
+    """SGLang's ``deepseek.rebalance_experts``: float64 packing, the global policy unless
+    ``enable_hierarchical``, ``log2phy`` cut to the largest replica count."""
+    if not enable_hierarchical:
+        num_groups, num_nodes = 1, 1
+    phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus,
+                                                 balanced_packing_float64)
+    return phy2log, log2phy[..., :int(logcnt.max())], logcnt
+
+
 REFERENCES = {
     "balanced_packing": balanced_packing,
     "balanced_packing_loops": balanced_packing_loops,
@@ -167,4 +185,5 @@ REFERENCES = {
     "replicate_experts": replicate_experts,
     "rebalance_experts_hierarchical": rebalance_experts_hierarchical,
     "rebalance_experts": rebalance_experts,
+    "sglang_deepseek": sglang_deepseek,
 }

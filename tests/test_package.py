@@ -33,16 +33,20 @@ def _public_functions():
 
     names = ["eplb_numba", "eplb_numba.cli"]
     if importlib.util.find_spec("torch") is not None:
-        names.append("eplb_numba.torch")
+        names += ["eplb_numba.torch", "eplb_numba.sglang"]
     modules = [importlib.import_module(name) for name in names]
     for module in modules:
         for name in module.__all__:
             value = getattr(module, name)
             if isinstance(value, type):
-                # Public methods of public classes (vLLM's policy interface).
-                for attr, member in vars(value).items():
-                    if not attr.startswith("_") and isinstance(member, (classmethod, staticmethod)):
-                        yield f"{module.__name__}.{name}.{attr}", member.__func__
+                # Public methods of public classes and of the package's classes
+                # they inherit from (vLLM's policy interface).
+                for klass in value.__mro__:
+                    if not klass.__module__.startswith("eplb_numba"):
+                        continue
+                    for attr, member in vars(klass).items():
+                        if not attr.startswith("_") and isinstance(member, (classmethod, staticmethod)):
+                            yield f"{module.__name__}.{name}.{attr}", member.__func__
             elif callable(value):
                 yield f"{module.__name__}.{name}", value
 
@@ -59,6 +63,8 @@ def test_public_functions_are_typed():
         assert sig.return_annotation is not inspect.Signature.empty, f"{qualname}: no return type"
         seen.append(qualname)
     assert "eplb_numba.rebalance_experts" in seen and "eplb_numba.plan_migration" in seen
+    if "eplb_numba.sglang.install" in seen:
+        assert "eplb_numba.torch.EplbNumbaPolicy.preserve_intragpu_slots" in seen
 
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"
