@@ -70,6 +70,18 @@ def _case(name, what, row, inputs=1):
     if what == "full":
         cases = itertools.cycle(weights)
         return lambda: pkg.rebalance_experts(next(cases), *cfg)
+    if what == "cuda":
+        # CUDA loads in, CUDA results out, synchronised (the torch adapter).
+        import torch
+
+        adapter = importlib.import_module(f"{name}.torch")
+        on_gpu = itertools.cycle([torch.from_numpy(w).cuda() for w in weights])
+
+        def cuda():
+            out = adapter.rebalance_experts(next(on_gpu), *cfg)
+            torch.cuda.synchronize()
+            return out
+        return cuda
     # The movement row of the benchmark: the loads drift 2% after the old plan.
     rng = np.random.default_rng(7)
     drifted = []
@@ -94,9 +106,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", help="git revision of version A, or a directory holding its eplb_numba")
     p.add_argument("b", nargs="?", default=None, help="git revision of version B (default: the working tree)")
-    p.add_argument("--what", choices=["full", "movement", "migration"], default="full",
+    p.add_argument("--what", choices=["full", "movement", "migration", "cuda"], default="full",
                    help="full: rebalance_experts; movement: movement-aware plan + migration plan; "
-                        "migration: plan_migration alone")
+                        "migration: plan_migration alone; cuda: the torch adapter, CUDA in and out")
     p.add_argument("--row", default="DeepSeek-V3 EP32", help="a benchmark row name (bench/run.py's rows)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--runs", type=int, default=60, help="calls per round")

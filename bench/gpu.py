@@ -4,7 +4,9 @@
 model row it checks the result against the plain-torch oracle, then times
 ``eplb_numba.torch.rebalance_experts`` plus ``torch.cuda.synchronize()``
 (median and p99 over many warm runs) beside the reference in the same run,
-and writes ``gpu.json`` and ``gpu.md``.
+and the ratio of CUDA in -> CUDA out to the plan of loads already on the
+host, timed round by round side by side (the lowest per-round medians);
+it writes ``gpu.json`` and ``gpu.md``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import sys
 
 import torch
+from ab import alternate
 from harness import MODEL_ROWS, _fmt, _summary, _times, machine
 from harness import oracle as _oracle
 
@@ -57,6 +60,7 @@ def main(argv=None):
         identical = all(g.device.type == "cuda" and g.dtype == torch.int64 and torch.equal(g.cpu(), e)
                         for g, e in zip(got, want))
         row = {"name": name, "identical_to_oracle": identical}
+        host_w = w.cpu().numpy()
         for threads in args.threads:
             os.environ["EPLB_NUMBA_THREADS"] = str(threads)
             again = eplb_torch.rebalance_experts(w, *cfg)
@@ -66,6 +70,14 @@ def main(argv=None):
                                                        args.runs)
             row[f"numpy_on_host_t{threads}"] = timed(
                 lambda w=w, cfg=cfg: eplb_numba.rebalance_experts(w.cpu().numpy(), *cfg), args.runs)
+            # The two side by side, round by round (this host's speed drifts
+            # between the runs above): CUDA in -> CUDA out over the plan of
+            # loads already on the host.
+            cuda_rounds, host_rounds = alternate(
+                [lambda w=w, cfg=cfg: (eplb_torch.rebalance_experts(w, *cfg), torch.cuda.synchronize()),
+                 lambda host_w=host_w, cfg=cfg: eplb_numba.rebalance_experts(host_w, *cfg)],
+                rounds=15, runs=max(args.runs // 15, 5))
+            row[f"cuda_over_host_t{threads}"] = min(cuda_rounds) / min(host_rounds)
         os.environ["EPLB_NUMBA_THREADS"] = "1"
         row["identical_to_oracle"] = identical
         row["torch_reference"] = timed(lambda w=w, cfg=cfg: _oracle.rebalance_experts_loops(w, *cfg), 3)
@@ -78,13 +90,14 @@ def main(argv=None):
         f"Numba {info['numba']}, NumPy {info['numpy']}. Microseconds, median (p99).",
         "",
         "| case | identical | threads | CUDA in -> CUDA out, synchronised | NumPy path on the host "
-        "| torch reference (CUDA in) | best speed-up |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| CUDA over host plan, side by side | torch reference (CUDA in) | best speed-up |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         for t in args.threads:
             lines.append(f"| {r['name']} | {r['identical_to_oracle']} | {t} | {_fmt(r[f'cuda_end_to_end_t{t}'])} | "
-                         f"{_fmt(r[f'numpy_on_host_t{t}'])} | {_fmt(r['torch_reference'])} | {r['speedup']:,.0f}x |")
+                         f"{_fmt(r[f'numpy_on_host_t{t}'])} | {r[f'cuda_over_host_t{t}']:.2f}x | "
+                         f"{_fmt(r['torch_reference'])} | {r['speedup']:,.0f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(args.out, exist_ok=True)

@@ -63,19 +63,24 @@ SKIP_COUNTS = np.empty((0, 0), dtype=np.int64)
 
 
 def place(w, layout, group_sums=None, log2phy=SKIP_LOG2PHY, out=None, ranks=True, split=SKIP_SPLIT, wide=False):
-    """One kernel call for the whole plan; ``out`` takes preallocated (phy2log, logcnt).
+    """One kernel call for the whole plan; ``out`` takes preallocated (phy2log, logcnt), or
+    (phy2log, logcnt, phyrank) for the replica ranks too.
 
     Returns ``(phy2log, phyrank, logcnt)``; ``phyrank`` is None unless ``ranks``.
     ``split`` [layers, groups], if given, receives each group's node.
     ``wide``: packs add float64 loads, as DeepSeek's own EPLB (and SGLang) do.
     """
     groups, nodes, group_sums = policy_shape(layout, group_sums)
+    phyrank = SKIP_RANKS
     if out is None:
         phy2log = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
         logcnt = np.empty((layout.num_layers, layout.num_logical), dtype=np.int64)
+    elif len(out) == 3:
+        phy2log, logcnt, phyrank = out
     else:
         phy2log, logcnt = out
-    phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64) if ranks else SKIP_RANKS
+    if ranks and not phyrank.shape[0]:
+        phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
     run_by_layers(place_layers, layout.num_layers,
                   w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, split, wide)
     return phy2log, phyrank if ranks else None, logcnt

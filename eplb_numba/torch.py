@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _api, _engine
 from ._elastic import check_budget, check_old_placement
+from ._pinned import POOL
 from ._validate import as_flag, as_slack, check_dtype, check_layout, check_weight_values
 from ._vllm_methods import VllmDefaultMethods
 
@@ -103,37 +104,95 @@ def rebalance_experts(weight: _torch.Tensor, num_replicas: int, num_groups: int,
     Returns ``(phy2log, log2phy, logcnt)`` as int64 tensors on
     ``weight.device``; see the NumPy function for shapes and for the
     keyword options (``old_phy2log`` may be a tensor on any device).  For a
-    CUDA input the kernels write straight into pinned host buffers, copied
-    to the GPU asynchronously on the current stream.
+    CUDA input the loads come over and the plan goes back through pinned
+    host buffers reused between calls, on the caller's current stream; the
+    results may still be in flight when this returns, as for any CUDA op.
     """
     weight = _as_tensor(weight)
-    w = _host_float32(weight)
-    layout = check_layout(w.shape, num_replicas, num_groups, num_nodes, num_gpus)
-    # Checked whether or not they are used, as in the NumPy function.
-    max_load_slack = as_slack(max_load_slack)
-    avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
-    sums = _group_sums(w, layout)
-    old_ids = old_phy2log.detach().cpu().numpy() if isinstance(old_phy2log, _torch.Tensor) else old_phy2log
-    old, change = check_old_placement(old_ids, layout, old_num_gpus, rank_mapping, failed_gpus)
-    budget = check_budget(max_copies, min_imbalance, old, change)
-    if old is not None or avoid_duplicates:
-        out = _engine.beyond_reference(w.numpy(), layout, sums, old, max_load_slack, avoid_duplicates, change,
-                                       budget)[:3]
-        return _to_device(out, weight.device)
     device = weight.device
-    if device.type == "cpu":
+    cuda = device.type == "cuda"
+    w = _cuda_float32(weight) if cuda else _host_float32(weight)
+    try:
+        layout = check_layout(w.shape, num_replicas, num_groups, num_nodes, num_gpus)
+        # Checked whether or not they are used, as in the NumPy function.
+        max_load_slack = as_slack(max_load_slack)
+        avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
+        sums = _group_sums(w, layout)
+        old_ids = old_phy2log.detach().cpu().numpy() if isinstance(old_phy2log, _torch.Tensor) else old_phy2log
+        old, change = check_old_placement(old_ids, layout, old_num_gpus, rank_mapping, failed_gpus)
+        budget = check_budget(max_copies, min_imbalance, old, change)
+        if old is not None or avoid_duplicates:
+            out = _engine.beyond_reference(w.numpy(), layout, sums, old, max_load_slack, avoid_duplicates, change,
+                                           budget)[:3]
+            return _to_device(out, device)
+        if cuda:
+            return _plan_to_cuda(w, layout, sums, device)
         phy2log, log2phy, logcnt = _engine.rebalance(w.numpy(), layout, sums)
-        return _torch.from_numpy(phy2log), _torch.from_numpy(log2phy), _torch.from_numpy(logcnt)
-    shapes = (
-        (layout.num_layers, layout.num_replicas),
-        (layout.num_layers, layout.num_logical, layout.num_replicas - layout.num_logical + 1),
-        (layout.num_layers, layout.num_logical),
-    )
-    pin = device.type == "cuda"
-    host = tuple(_torch.empty(s, dtype=_torch.int64, pin_memory=pin) for s in shapes)
-    _engine.rebalance(w.numpy(), layout, sums, out=tuple(t.numpy() for t in host))
-    phy2log, log2phy, logcnt = (t.to(device, non_blocking=pin) for t in host)
-    return phy2log, log2phy, logcnt
+        if device.type == "cpu":
+            return _torch.from_numpy(phy2log), _torch.from_numpy(log2phy), _torch.from_numpy(logcnt)
+        return _to_device((phy2log, log2phy, logcnt), device)
+    finally:
+        if cuda:
+            POOL.give((w,), None)
+
+
+def _cuda_float32(weight):
+    # The reference's conversion (cast on the GPU, then copy), through a
+    # pinned buffer: the copy runs at full speed and waits only for the
+    # caller's stream.
+    src = weight.float()
+    (host,), _ = POOL.take(((tuple(src.shape), _torch.float32),))
+    host.copy_(src, non_blocking=True)
+    _torch.cuda.current_stream(src.device).synchronize()
+    try:
+        check_weight_values(host.numpy(), "weight")
+    except Exception:
+        POOL.give((host,), None)
+        raise
+    return host
+
+
+def _plan_to_cuda(w, layout, sums, device):
+    # The plan into one pinned buffer, copied over on the caller's stream in
+    # one piece: phy2log, logcnt, and each slot's place in log2phy (from its
+    # replica rank).  log2phy itself is made on the GPU from those (the
+    # same table), so its -1 padding, most of the result, never crosses the
+    # bus; and every CUDA call saved counts where a call costs tens of us.
+    layers, experts, slots = layout.num_layers, layout.num_logical, layout.num_replicas
+    width = slots - experts + 1
+    n_map, n_cnt = layers * slots, layers * experts
+    (host,), copied = POOL.take((((2 * n_map + n_cnt,), _torch.int64),), device)
+    flat = host.numpy()
+    phy2log = flat[:n_map].reshape(layers, slots)
+    logcnt = flat[n_map:n_map + n_cnt].reshape(layers, experts)
+    place_in = flat[n_map + n_cnt:].reshape(layers, slots)
+    _engine.place(w.numpy(), layout, sums, out=(phy2log, logcnt, place_in))
+    place_in += phy2log * width
+    on_gpu = host.to(device, non_blocking=True)
+    stream = _torch.cuda.current_stream(device)
+    if copied is None:
+        copied = _torch.cuda.Event()
+    copied.record(stream)
+    POOL.give((host,), copied, device)
+    log2phy = _torch.full((layers, experts, width), -1, dtype=_torch.int64, device=device)
+    log2phy.view(layers, experts * width).scatter_(1, on_gpu[n_map + n_cnt:].view(layers, slots),
+                                                   _slot_ids(device, slots).expand(layers, slots))
+    return on_gpu[:n_map].view(layers, slots), log2phy, on_gpu[n_map:n_map + n_cnt].view(layers, experts)
+
+
+_SLOT_IDS: dict[tuple[Any, int], Any] = {}
+
+
+def _slot_ids(device, slots):
+    # arange(slots) on the device, made once per device and size (and
+    # finished before any stream reads it).
+    key = (device, slots)
+    ids = _SLOT_IDS.get(key)
+    if ids is None:
+        ids = _torch.arange(slots, device=device)
+        _torch.cuda.current_stream(device).synchronize()
+        _SLOT_IDS[key] = ids
+    return ids
 
 
 def rebalance_experts_hierarchical(weight: _torch.Tensor, num_physical_experts: int, num_groups: int, num_nodes: int,

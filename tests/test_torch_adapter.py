@@ -45,6 +45,29 @@ def test_cuda_matches_oracle(rng):
         assert torch.equal(t.cpu(), e)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_calls_from_many_threads_reuse_pinned_buffers_safely(rng):
+    # Each call takes its own pinned buffers from the pool and hands them back
+    # once its copies are done: threads at once, and on a side stream, agree
+    # with a plan on the host.
+    from concurrent.futures import ThreadPoolExecutor
+
+    loads = [torch.from_numpy(make_loads(rng, kind, (58, 256))).cuda() for kind in ("ties", "uniform", "zipf")]
+    want = [eplb_numba.rebalance_experts(w.float().cpu().numpy(), 288, 8, 4, 32) for w in loads]
+
+    def plan(i):
+        stream = torch.cuda.Stream() if i % 2 else torch.cuda.current_stream()
+        with torch.cuda.stream(stream):
+            out = eplb_torch.rebalance_experts(loads[i % 3], 288, 8, 4, 32)
+            stream.synchronize()
+        return i % 3, [t.cpu().numpy() for t in out]
+
+    with ThreadPoolExecutor(8) as pool:
+        for k, got in pool.map(plan, range(64)):
+            for g, e in zip(got, want[k]):
+                np.testing.assert_array_equal(g, e)
+
+
 def test_requires_grad_and_non_contiguous_inputs(rng):
     w = torch.from_numpy(make_loads(rng, "uniform", (32, 6))).float().t().requires_grad_(True)
     out = eplb_torch.rebalance_experts(w, 40, 8, 2, 8)
