@@ -264,6 +264,8 @@ def _warmup_steps():
         ("slot preservation", lambda: _engine.preserve_slots(p2l, old, 8, 16)),
         ("movement-aware plans and migration", movement),
         ("duplicate avoidance", lambda: rebalance_experts(w, 24, 4, 2, 8, avoid_duplicates=True)),
+        # The SGLang adapter's plans: DeepSeek's float64 pack sums.
+        ("DeepSeek's packing (SGLang)", lambda: _engine.rebalance(w, layout, sums, wide=True)),
     ]
 
 

@@ -60,6 +60,10 @@ SKIP_RANKS = np.empty((0, 0), dtype=np.int64)
 SKIP_SPLIT = np.empty((0, 0), dtype=np.int64)
 # Zero layers: the kernel skips the replica counts (with log2phy).
 SKIP_COUNTS = np.empty((0, 0), dtype=np.int64)
+# The dtype packs add loads in (place_layers' pack_dtype): the reference's
+# float32, or DeepSeek's float64 (``wide``).
+REFERENCE_PACKS = np.empty(0, dtype=np.float32)
+DEEPSEEK_PACKS = np.empty(0, dtype=np.float64)
 
 
 def place(w, layout, group_sums=None, log2phy=SKIP_LOG2PHY, out=None, ranks=True, split=SKIP_SPLIT, wide=False):
@@ -82,7 +86,8 @@ def place(w, layout, group_sums=None, log2phy=SKIP_LOG2PHY, out=None, ranks=True
     if ranks and not phyrank.shape[0]:
         phyrank = np.empty((layout.num_layers, layout.num_replicas), dtype=np.int64)
     run_by_layers(place_layers, layout.num_layers,
-                  w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, split, wide)
+                  w, group_sums, groups, nodes, layout.num_gpus, phy2log, phyrank, logcnt, log2phy, split,
+                  DEEPSEEK_PACKS if wide else REFERENCE_PACKS)
     return phy2log, phyrank if ranks else None, logcnt
 
 

@@ -186,4 +186,14 @@ def test_after_warmup_no_input_kind_compiles(warmed, tmp_path, rng):
                 eplb_numba.balanced_packing(np.asarray(weight).astype(dtype), 4)
                 eplb_numba.balanced_packing(np.asarray(weight).astype(dtype), 32)
                 eplb_numba.replicate_experts(np.asarray(weight).astype(dtype), 40)
+        try:
+            import torch
+
+            from eplb_numba import sglang
+        except ImportError:
+            pass
+        else:
+            for weight in (torch.from_numpy(w), torch.from_numpy(w).float()[None]):
+                sglang.rebalance_experts(weight, 40, 5, 4, 2)
+                sglang.rebalance_experts(weight, 40, 5, None, 2)
     assert listener.started is None, "a call after warmup() compiled a kernel"

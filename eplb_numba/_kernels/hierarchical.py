@@ -22,17 +22,20 @@ from .sort import SORT_STACK_SIZE, argsort_desc
 
 
 @jit
-def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy, split, wide,
-                 lo, hi):
+def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, phyrank, logcnt, log2phy, split,
+                 pack_dtype, lo, hi):
     """Hierarchical placement of layers ``lo:hi`` of float32 ``weight`` [L, E].
 
     ``group_sums`` [L, num_groups] holds precomputed group loads, or has zero
     rows to have them summed here.  Writes ``phy2log`` [L, R] and ``logcnt``
     [L, E]; also ``phyrank`` [L, R] (replica ranks), ``log2phy`` [L, E, R - E
     + 1] and ``split`` [L, num_groups] (each group's node) unless they have
-    zero layers.  ``wide`` packs with float64 loads, as DeepSeek's own EPLB
-    (and SGLang's copy of it) adds them up in Python floats; the reference
-    adds float32s.  Scratch is allocated once per call, not per layer.
+    zero layers.  Packs add loads in the dtype of ``pack_dtype`` (an empty
+    array): float32 as the reference does, or float64 as DeepSeek's own EPLB
+    (and SGLang's copy of it) does with Python floats.  A dtype, not a flag,
+    so that the reference's kernel compiles as before and DeepSeek's is a
+    second specialisation, compiled only when used.  Scratch is allocated
+    once per call, not per layer.
     """
     num_layers, num_log = weight.shape
     num_phy = phy2log.shape[1]
@@ -48,8 +51,7 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
     want_split = split.shape[0] == num_layers
 
     packs = max(num_nodes, gpus_per_node)
-    loads = np.empty(packs, dtype=np.float32)
-    wide_loads = np.empty(packs if wide else 0)
+    loads = np.empty(packs, dtype=pack_dtype.dtype)
     items = np.empty(packs, dtype=np.int64)
     heap = np.empty(max(packs, log_per_node), dtype=np.int64)
     stack = np.empty(SORT_STACK_SIZE + 2 * max(num_groups, phy_per_node), dtype=np.int64)
@@ -64,7 +66,7 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
     cntf = np.empty(log_per_node, dtype=np.float32)
     ratio = np.empty(log_per_node, dtype=np.float32)
     # Step 3 packs a layer's nodes together (see greedy_rows_f32) where it can.
-    together = not wide and slots_per_gpu > 1 and gpus_per_node <= SCAN_PACKS
+    together = loads.itemsize == 4 and slots_per_gpu > 1 and gpus_per_node <= SCAN_PACKS
     phy2mlog = np.empty((num_nodes, phy_per_node), dtype=np.int64)
     rank = np.empty((num_nodes, phy_per_node), dtype=np.int64)
     phy_load = np.empty((num_nodes, phy_per_node), dtype=np.float32)
@@ -91,10 +93,7 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
                         s += w[j]
                     sums[g] = s
             argsort_desc(sums, group_order, stack)
-        if wide:
-            greedy_pack(group_order, sums, num_nodes, group_node, group_rank, wide_loads, items, heap)
-        else:
-            greedy_pack(group_order, sums, num_nodes, group_node, group_rank, loads, items, heap)
+        greedy_pack(group_order, sums, num_nodes, group_node, group_rank, loads, items, heap)
         for g in range(num_groups):
             base_m = (group_node[g] * groups_per_node + group_rank[g]) * group_size
             if want_split:
@@ -118,10 +117,7 @@ def place_layers(weight, group_sums, num_groups, num_nodes, num_gpus, phy2log, p
                 phy_load[node, k] = tokens[m] / np.float32(cnt[m])
             if slots_per_gpu > 1:
                 argsort_desc(phy_load[node], order[node], stack)
-            if wide:
-                greedy_pack(order[node], phy_load[node], gpus_per_node, gpu[node], gpu_rank[node], wide_loads, items,
-                            heap)
-            elif not together:
+            if not together:
                 greedy_pack(order[node], phy_load[node], gpus_per_node, gpu[node], gpu_rank[node], loads, items, heap)
         # Step 3: each node's replicas to its GPUs.
         if together:
