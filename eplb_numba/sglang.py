@@ -19,8 +19,13 @@ import importlib
 from typing import Any
 
 from . import _engine
-from . import torch as _eplb_torch
 from ._validate import as_count, check_layout
+
+try:
+    from . import torch as _eplb_torch
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError("eplb_numba.sglang needs PyTorch, as SGLang does; install it with "
+                      "`pip install 'eplb-numba[torch]'`") from exc
 
 _torch = _eplb_torch._torch
 

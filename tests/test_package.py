@@ -86,9 +86,12 @@ def test_imports_and_runs_without_torch():
 
 
 def test_torch_adapter_says_how_to_install():
-    result = run_without_torch("import eplb_numba.torch\n")
-    assert result.returncode != 0
-    assert "ImportError" in result.stderr and "pip install 'eplb-numba[torch]'" in result.stderr
+    for module in ("torch", "sglang"):
+        result = run_without_torch(f"import eplb_numba.{module}\n")
+        assert result.returncode != 0
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("ImportError") and f"eplb_numba.{module} needs PyTorch" in last
+        assert "pip install 'eplb-numba[torch]'" in last
 
 
 def test_module_entry_point_runs_default_workload():
