@@ -281,12 +281,13 @@ class EplbNumbaPolicy(VllmDefaultMethods, _PolicyBase):
         num_ranks: int,
         old_global_expert_indices: _torch.Tensor | None = None,
     ) -> tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor] | _torch.Tensor:
-        phy2log, log2phy, logcnt = cls._plan(
-            weight, num_replicas, num_groups, num_nodes, num_ranks, old_global_expert_indices
-        )
         if cls._tuple_api():
-            return phy2log, log2phy, logcnt
-        return phy2log
+            # vLLM 0.13 to 0.18 return the maps on the loads' device.
+            return cls._plan(weight, num_replicas, num_groups, num_nodes, num_ranks, old_global_expert_indices)
+        # vLLM 0.19 and later plan from ``weight.cpu()`` and return a CPU map
+        # whatever the loads' device (its callers assert so): plan on the host.
+        weight = _as_tensor(weight).cpu()
+        return cls._plan(weight, num_replicas, num_groups, num_nodes, num_ranks, old_global_expert_indices)[0]
 
     @classmethod
     def _plan(cls, weight, num_replicas, num_groups, num_nodes, num_ranks, old):
