@@ -93,6 +93,9 @@ class VllmDefaultMethods:
             raise TypeError("preserve_intragpu_slots takes (phy2log, num_ranks, old_phy2log), or "
                             "(phy2log, replica_idx, num_ranks, old_phy2log) as in vLLM 0.14 to 0.18")
         new = np.asarray(_host(phy2log))
+        if new.ndim != 2:
+            raise ValueError(f"phy2log must be 2-D [layers, slots], got shape {new.shape}; for one layer pass "
+                             f"phy2log[None, :]")
         src = _kept_slots(new, _as_width(np.asarray(_host(old)), new.shape), int(num_ranks))  # type: ignore[call-overload]
         out = np.take_along_axis(new, src, axis=1)
         if replica_idx is None:

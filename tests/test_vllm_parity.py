@@ -194,3 +194,5 @@ def test_preserve_intragpu_slots_equals_the_kernel(rng):
         MapApi.preserve_intragpu_slots(new, gpus)
     with pytest.raises(ValueError, match="old_phy2log must have shape"):
         MapApi.preserve_intragpu_slots(new, gpus, old[:1])
+    with pytest.raises(ValueError, match=r"phy2log must be 2-D \[layers, slots\]"):
+        MapApi.preserve_intragpu_slots(new[0], gpus, old)
