@@ -285,17 +285,13 @@ def _within_budget(w, layout, group_sums, old, slack, avoid_duplicates, max_copi
     out = old.copy()
     spent = _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, np.flatnonzero(must), out, how)
     if max_copies == float("inf"):
-        rows = np.flatnonzero(eligible)
-        planned = np.array(out)
-        _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, rows, planned, how)
-        gains = layer_table(w, old, planned, layout.num_gpus, layout.num_nodes, layout.num_logical)
-        take = eligible & (gains.copies > 0) & (gains.gain > 0)
-        out[take] = planned[take]
+        # Every eligible layer that the plan balances better takes it.
+        left = max_copies
     else:
         left = max(int(max_copies) - spent, 0)
         left -= spend_budget(w, old, eligible, layout.num_gpus, layout.num_nodes, left, SOFT_WIDTH, out)
-        if left >= 2 and eligible.any():
-            _whole_layers(w, layout, group_sums, old, slack, avoid_duplicates, eligible, left, out, how)
+    if left >= 2 and eligible.any():
+        _whole_layers(w, layout, group_sums, old, slack, avoid_duplicates, eligible, left, out, how)
     return (out, *maps_in_slot_order(out, layout.num_logical), how)
 
 
