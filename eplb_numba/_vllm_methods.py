@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _api
 
-__all__ = ["VllmDefaultMethods", "declares_tuple"]
+__all__ = ["VllmDefaultMethods", "as_width", "declares_tuple"]
 
 
 def declares_tuple(base: type) -> bool:
@@ -96,7 +96,7 @@ class VllmDefaultMethods:
         if new.ndim != 2:
             raise ValueError(f"phy2log must be 2-D [layers, slots], got shape {new.shape}; for one layer pass "
                              f"phy2log[None, :]")
-        src = _kept_slots(new, _as_width(np.asarray(_host(old)), new.shape), int(num_ranks))  # type: ignore[call-overload]
+        src = _kept_slots(new, as_width(np.asarray(_host(old)), new.shape), int(num_ranks))  # type: ignore[call-overload]
         out = np.take_along_axis(new, src, axis=1)
         if replica_idx is None:
             return out
@@ -108,12 +108,17 @@ def _host(value):
     return value.cpu().numpy() if hasattr(value, "cpu") else value
 
 
-def _as_width(old, shape):
-    # After a scaling event vLLM's old map is wider (the ranks that stay
-    # first) or narrower: compare slot by slot, empty (-1) beyond its end.
+def as_width(old, shape, name="old_phy2log"):
+    """``old`` as an int64 map of ``shape``, for slot-by-slot comparison as vLLM's default policy makes it.
+
+    After a scaling event vLLM's old map is wider (the ranks that stay
+    first) or narrower: it is cut, or read as empty (-1) beyond its end.
+    """
     if old.ndim != 2 or old.shape[0] != shape[0]:
-        raise ValueError(f"old_phy2log must have shape ({shape[0]}, slots), got {old.shape}; pass the "
-                         f"physical_to_logical_map the new one replaces")
+        raise ValueError(f"{name} must have shape ({shape[0]}, slots), got {tuple(old.shape)}; pass the "
+                         f"current physical_to_logical_map")
+    if old.shape == tuple(shape):
+        return np.ascontiguousarray(old, dtype=np.int64)
     out = np.full(shape, -1, dtype=np.int64)
     keep = min(shape[1], old.shape[1])
     out[:, :keep] = old[:, :keep]

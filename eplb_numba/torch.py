@@ -25,7 +25,7 @@ from . import _api, _engine
 from ._elastic import check_budget, check_old_placement
 from ._pinned import POOL
 from ._validate import as_flag, as_slack, check_dtype, check_layout, check_weight_values
-from ._vllm_methods import VllmDefaultMethods
+from ._vllm_methods import VllmDefaultMethods, as_width
 
 __all__ = [
     "EplbNumbaMovementPolicy",
@@ -226,23 +226,10 @@ def replicate_experts(weight: _torch.Tensor, num_phy: int) -> tuple[_torch.Tenso
 
 def _keep_old_slots(phy2log, old, num_gpus, num_logical):
     old = _as_tensor(old, "old_global_expert_indices")
-    if old.ndim != 2 or old.shape[0] != phy2log.shape[0]:
-        raise ValueError(
-            f"old_global_expert_indices must have shape ({phy2log.shape[0]}, slots), got {tuple(old.shape)}; "
-            f"pass the current physical_to_logical_map"
-        )
-    old_np = old.cpu().to(_torch.int64).numpy()
-    # Slot by slot, as vLLM's default policy compares them: after a scaling
-    # event the old map is wider (its first slots are the GPUs that stay) or
-    # has -1 in new slots, and an expert keeps a slot only where the same
-    # GPU held it there.  A narrower map is read as empty beyond its end.
-    width = phy2log.shape[1]
-    if old_np.shape[1] != width:
-        padded = np.full((old_np.shape[0], width), -1, dtype=np.int64)
-        keep = min(width, old_np.shape[1])
-        padded[:, :keep] = old_np[:, :keep]
-        old_np = padded
-    old_np = np.ascontiguousarray(old_np)
+    # Slot by slot, as vLLM's default policy compares them: an expert keeps
+    # a slot only where the same GPU held it there (see as_width for old
+    # maps of another width, after a scaling event).
+    old_np = as_width(old.cpu().to(_torch.int64).numpy(), tuple(phy2log.shape), "old_global_expert_indices")
     return _to_device(_engine.preserve_slots(phy2log.cpu().numpy(), old_np, num_gpus, num_logical), phy2log.device)
 
 
