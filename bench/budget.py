@@ -15,10 +15,9 @@ that share against the budget (the curve in ``docs/movement.md``).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
+from harness import median_ms
 
 import eplb_numba
 from eplb_numba._metrics import gpu_loads, imbalance_ratio
@@ -26,15 +25,6 @@ from eplb_numba.cli.workload import drifting_trace
 
 POLICIES = {"hierarchical": (288, 8, 4, 32), "global": (288, 1, 1, 32)}
 SHARES = (0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 1.0)
-
-
-def _median_ms(fn, runs=15):
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def run(cfg, every=100, window=200):
@@ -60,7 +50,7 @@ def run(cfg, every=100, window=200):
                 return plan, eplb_numba.plan_migration(state, plan, cfg[3], cfg[2])
 
             plan, moved = planned()
-            ms = _median_ms(planned) if t == points[1] else np.nan
+            ms = median_ms(planned, warm_up=False) if t == points[1] else np.nan
             rows[share].append((len(moved.expert), scratch_copies, (score(state) - score(plan)) / reduction, ms))
         # The placement in service moves on as the movement-aware plan without a budget would.
         state = eplb_numba.rebalance_experts(w, *cfg, old_phy2log=state)[0]

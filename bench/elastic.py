@@ -18,25 +18,13 @@ must change, whichever groups it takes.
 from __future__ import annotations
 
 import itertools
-import statistics
-import time
 
 import numpy as np
-from harness import drift
+from harness import drift, median_ms
 
 import eplb_numba
 from eplb_numba._metrics import gpu_loads
 from eplb_numba.cli.workload import deepseek_v3_loads
-
-
-def _median_ms(fn, runs=15):
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def locality_least(stands, num_nodes, num_groups):
@@ -98,7 +86,7 @@ def scenarios(slack=0.0):
             over = int((gpu_loads(w, new, gpus).max(axis=1) > bound).sum())
             rows.append({"policy": policy, "scenario": name, "copies": len(moved.expert),
                          "from_storage": moved.from_storage, "scratch": scratch_copies, "least": least, "local": local,
-                         "layers_over": over, "ms": _median_ms(plan)})
+                         "layers_over": over, "ms": median_ms(plan)})
     return rows
 
 

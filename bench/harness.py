@@ -58,6 +58,11 @@ def _times(fn, runs, budget_s, warm_up=True):
     return out
 
 
+def median_ms(fn, runs=15, warm_up=True):
+    """Median milliseconds of ``runs`` calls of ``fn`` (after one untimed call unless not ``warm_up``)."""
+    return float(np.median(_times(fn, runs, float("inf"), warm_up))) * 1e3
+
+
 def _summary(times):
     if not times:
         return None
