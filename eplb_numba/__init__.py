@@ -20,6 +20,7 @@ __all__ = [
     "LayerGains",
     "Migration",
     "__version__",
+    "balance_bound",
     "balanced_packing",
     "layer_gains",
     "plan_migration",
@@ -30,9 +31,10 @@ __all__ = [
 ]
 
 
-# The movement-aware tools compile their own kernels; load them on first use
-# so that ``import eplb_numba`` stays fast.
-_LAZY = {"LayerGains": "._migration", "Migration": "._migration", "layer_gains": "._migration",
+# The movement-aware tools (which compile their own kernels) and the bound
+# load on first use, so that ``import eplb_numba`` stays fast.
+_LAZY = {"balance_bound": "._bound", "LayerGains": "._migration", "Migration": "._migration",
+         "layer_gains": "._migration",
          "plan_migration": "._migration"}
 
 
