@@ -27,7 +27,7 @@ def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num
                       avoid_duplicates: bool = False, old_num_gpus: int | None = None,
                       rank_mapping: Mapping[int, int] | Sequence[int] | None = None,
                       failed_gpus: Iterable[int] | None = None, max_copies: int | None = None,
-                      min_imbalance: float = 0.0,
+                      min_imbalance: float = 0.0, quality: bool = False,
                       ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """Plan replicas and their placement from per-expert loads.
 
@@ -84,6 +84,13 @@ def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num
     min_imbalance : float, optional
         Leave alone every layer whose old placement's ``(max - mean) / mean``
         GPU load, on these loads, is at most this (0.05 = 5%).
+    quality : bool, optional
+        Improve the reference's plan by local search before anything else
+        uses it: swaps between GPUs of a node and replica counts moved
+        between experts, while the busiest GPU gets lighter (see
+        ``docs/quality.md``).  Never worse than the reference on any layer;
+        groups stay on their nodes.  With ``old_phy2log`` the improved plan
+        is the bound the movement-aware plan must meet.
 
     Returns
     -------
@@ -112,11 +119,13 @@ def rebalance_experts(weight: ArrayLike, num_replicas: int, num_groups: int, num
     # Checked whether or not they are used: a typo must not pass silently.
     max_load_slack = as_slack(max_load_slack)
     avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
+    quality = as_flag(quality, "quality")
     old, change = check_old_placement(old_phy2log, layout, old_num_gpus, rank_mapping, failed_gpus)
     budget = check_budget(max_copies, min_imbalance, old, change)
-    if old is None and not avoid_duplicates:
+    if old is None and not avoid_duplicates and not quality:
         return _engine.rebalance(w, layout)
-    return _engine.beyond_reference(w, layout, None, old, max_load_slack, avoid_duplicates, change, budget)[:3]
+    return _engine.beyond_reference(w, layout, None, old, max_load_slack, avoid_duplicates, change, budget,
+                                    quality)[:3]
 
 
 def rebalance_experts_hierarchical(weight: ArrayLike, num_physical_experts: int, num_groups: int, num_nodes: int,
@@ -264,6 +273,7 @@ def _warmup_steps():
         ("slot preservation", lambda: _engine.preserve_slots(p2l, old, 8, 16)),
         ("movement-aware plans and migration", movement),
         ("duplicate avoidance", lambda: rebalance_experts(w, 24, 4, 2, 8, avoid_duplicates=True)),
+        ("quality mode", lambda: rebalance_experts(w, 24, 4, 2, 8, quality=True)),
         # The SGLang adapter's plans: DeepSeek's float64 pack sums.
         ("DeepSeek's packing (SGLang)", lambda: _engine.rebalance(w, layout, sums, wide=True)),
     ]

@@ -27,6 +27,7 @@ from ._kernels.movement import (
     dedupe_layers,
     movement_layers,
 )
+from ._kernels.quality import improve_layers
 from ._kernels.slots import preserve_slots as _preserve_slots_kernel
 from ._metrics import gpu_loads, imbalance_ratio, replica_counts
 from ._validate import check_layout
@@ -46,6 +47,7 @@ __all__ = [
     "place",
     "policy_shape",
     "preserve_slots",
+    "quality_plan",
     "rebalance",
     "ref_plan",
 ]
@@ -155,7 +157,8 @@ def preserve_slots(phy2log, old_phy2log, num_gpus, num_logical):
     return out, maps_in_slot_order(out, num_logical)[0]
 
 
-def beyond_reference(w, layout, group_sums, old, max_load_slack, avoid_duplicates, change=None, budget=None):
+def beyond_reference(w, layout, group_sums, old, max_load_slack, avoid_duplicates, change=None, budget=None,
+                     quality=False):
     """Placement for the opt-in options of float32 loads ``w``.
 
     ``group_sums`` as for ``place``; ``old`` is None or the checked old
@@ -166,16 +169,30 @@ def beyond_reference(w, layout, group_sums, old, max_load_slack, avoid_duplicate
     ``NOT_PLANNED`` without an old placement.  ``max_load_slack`` and
     ``avoid_duplicates`` come checked (``as_slack``, ``as_flag``) by the
     callers, ``budget`` (``(max_copies, min_imbalance)``, same GPUs only)
-    by ``_elastic.check_budget``.
+    by ``_elastic.check_budget``.  ``quality``: the reference's plan
+    improved by local search (``quality_plan``) takes its place, as the
+    plan and as the bound.
     """
     if old is not None and change is not None and not change.identity:
-        return _replan(w, layout, group_sums, old, change, max_load_slack, avoid_duplicates)
+        return _replan(w, layout, group_sums, old, change, max_load_slack, avoid_duplicates, quality)
     if budget is None:
-        return _plan(w, layout, group_sums, old, max_load_slack, avoid_duplicates)
-    return _within_budget(w, layout, group_sums, old, max_load_slack, avoid_duplicates, *budget)
+        return _plan(w, layout, group_sums, old, max_load_slack, avoid_duplicates, quality=quality)
+    return _within_budget(w, layout, group_sums, old, max_load_slack, avoid_duplicates, *budget, quality)
 
 
-def _plan(w, layout, group_sums, old, slack, avoid_duplicates, maps=True):
+def quality_plan(w, layout, group_sums=None):
+    """``ref_plan`` improved by local search (``_kernels/quality.py``): ``(phy2log, logcnt, split)``.
+
+    Never worse than the reference on any layer; a layer it cannot improve
+    is the reference's, unchanged.
+    """
+    phy2log, logcnt, split = ref_plan(w, layout, group_sums)
+    run_by_layers(improve_layers, layout.num_layers, w, split, layout.num_gpus,
+                  policy_shape(layout, group_sums)[1], phy2log, logcnt)
+    return phy2log, logcnt, split
+
+
+def _plan(w, layout, group_sums, old, slack, avoid_duplicates, maps=True, quality=False):
     # beyond_reference on one set of GPUs; ``old`` (or None) has the new shape.
     # ``maps=False``: no log2phy and logcnt (None), for a caller that makes its own.
     if old is not None and old.shape != (layout.num_layers, layout.num_replicas):
@@ -184,7 +201,7 @@ def _plan(w, layout, group_sums, old, slack, avoid_duplicates, maps=True):
                          f"{(layout.num_layers, layout.num_replicas)}; please report it")
     groups, nodes, _ = policy_shape(layout, group_sums)
     how = np.full(layout.num_layers, NOT_PLANNED, dtype=np.int64)
-    ref, ref_cnt, split = ref_plan(w, layout, group_sums)
+    ref, ref_cnt, split = (quality_plan if quality else ref_plan)(w, layout, group_sums)
     out = np.empty_like(ref)
     if old is not None:
         # The kernel writes the maps too, each layer while it is in cache.
@@ -206,17 +223,17 @@ def _plan(w, layout, group_sums, old, slack, avoid_duplicates, maps=True):
     return out, log2phy, logcnt, how
 
 
-def _replan(w, layout, group_sums, old, change, slack, avoid_duplicates):
+def _replan(w, layout, group_sums, old, change, slack, avoid_duplicates, quality):
     # From an old placement on another GPU set: what survives, as it stands
     # on the new GPUs, is the old placement of an ordinary movement-aware plan.
     stands = on_new_gpus(old, change)
     if not change.failed.any():
-        return _plan(w, layout, group_sums, stands, slack, avoid_duplicates)
+        return _plan(w, layout, group_sums, stands, slack, avoid_duplicates, quality=quality)
     # Lost GPUs hold nothing: plan on the live ones, then put their slots back in place.
     live_layout, slots = live_gpus(layout, change.failed)
     sums = group_sums if live_layout.num_nodes == layout.num_nodes else None
     phy2log, _, _, how = _plan(w, live_layout, sums, np.ascontiguousarray(stands[:, slots]), slack,
-                               avoid_duplicates, maps=False)
+                               avoid_duplicates, maps=False, quality=quality)
     full = np.full((layout.num_layers, layout.num_replicas), -1, dtype=np.int64)
     full[:, slots] = phy2log
     # Live slots keep their order in the full layout, so the full placement's
@@ -271,7 +288,7 @@ def layer_table(w, old, new, num_gpus, num_nodes, num_logical):
     return LayerGains(order, per_layer, gain, imbalance_ratio(old_loads))
 
 
-def _within_budget(w, layout, group_sums, old, slack, avoid_duplicates, max_copies, min_imbalance):
+def _within_budget(w, layout, group_sums, old, slack, avoid_duplicates, max_copies, min_imbalance, quality):
     # The old placement, changed only as far as the budget allows.  Layers
     # that must change (an empty slot, an expert without a replica) take the
     # movement-aware plan first, whatever it costs.  Of the others, only
@@ -283,7 +300,7 @@ def _within_budget(w, layout, group_sums, old, slack, avoid_duplicates, max_copi
     must = (old < 0).any(axis=1) | (replica_counts(old, layout.num_logical) == 0).any(axis=1)
     eligible = ~must & (imbalance_ratio(gpu_loads(w, old, layout.num_gpus)) > min_imbalance)
     out = old.copy()
-    spent = _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, np.flatnonzero(must), out, how)
+    spent = _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, np.flatnonzero(must), out, how, quality)
     if max_copies == float("inf"):
         # Every eligible layer that the plan balances better takes it.
         left = max_copies
@@ -291,11 +308,11 @@ def _within_budget(w, layout, group_sums, old, slack, avoid_duplicates, max_copi
         left = max(int(max_copies) - spent, 0)
         left -= spend_budget(w, old, eligible, layout.num_gpus, layout.num_nodes, left, SOFT_WIDTH, out)
     if left >= 2 and eligible.any():
-        _whole_layers(w, layout, group_sums, old, slack, avoid_duplicates, eligible, left, out, how)
+        _whole_layers(w, layout, group_sums, old, slack, avoid_duplicates, eligible, left, out, how, quality)
     return (out, *maps_in_slot_order(out, layout.num_logical), how)
 
 
-def _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, rows, out, how):
+def _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, rows, out, how, quality):
     # The movement-aware plan of layers ``rows`` into ``out`` (and ``how``);
     # returns the copies it takes from ``old``.
     if not rows.size:
@@ -303,20 +320,20 @@ def _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, rows, out, h
     sums = None if group_sums is None else group_sums[rows]
     sub = layout._replace(num_layers=int(rows.size))
     planned, _, _, sub_how = _plan(np.ascontiguousarray(w[rows]), sub, sums, np.ascontiguousarray(old[rows]), slack,
-                                   avoid_duplicates, maps=False)
+                                   avoid_duplicates, maps=False, quality=quality)
     out[rows] = planned
     how[rows] = sub_how
     return migration_copies(old[rows], planned, layout.num_gpus, layout.num_nodes, layout.num_logical)[0].shape[1]
 
 
-def _whole_layers(w, layout, group_sums, old, slack, avoid_duplicates, eligible, left, out, how):
+def _whole_layers(w, layout, group_sums, old, slack, avoid_duplicates, eligible, left, out, how, quality):
     # Layers of ``out`` (swapped) that the movement-aware plan balances
     # better take it, largest gain per extra copy first, while the extra
     # copies fit in ``left``.
     rows = np.flatnonzero(eligible)
     planned = out.copy()
     plan_how = how.copy()
-    _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, rows, planned, plan_how)
+    _take_plan(w, layout, group_sums, old, slack, avoid_duplicates, rows, planned, plan_how, quality)
     busiest = gpu_loads(w, out, layout.num_gpus).max(axis=1)
     gain = busiest - gpu_loads(w, planned, layout.num_gpus).max(axis=1)
     better = np.flatnonzero(eligible & (gain > 0))

@@ -29,6 +29,7 @@ from ._vllm_methods import VllmDefaultMethods, as_width
 
 __all__ = [
     "EplbNumbaMovementPolicy",
+    "EplbNumbaQualityPolicy",
     "EplbNumbaPolicy",
     "balanced_packing",
     "rebalance_experts",
@@ -97,7 +98,7 @@ def rebalance_experts(weight: _torch.Tensor, num_replicas: int, num_groups: int,
                       avoid_duplicates: bool = False, old_num_gpus: int | None = None,
                       rank_mapping: Mapping[int, int] | Sequence[int] | None = None,
                       failed_gpus: Iterable[int] | None = None, max_copies: int | None = None,
-                      min_imbalance: float = 0.0,
+                      min_imbalance: float = 0.0, quality: bool = False,
                       ) -> tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor]:
     """:func:`eplb_numba.rebalance_experts` over a tensor on any device.
 
@@ -117,13 +118,14 @@ def rebalance_experts(weight: _torch.Tensor, num_replicas: int, num_groups: int,
         # Checked whether or not they are used, as in the NumPy function.
         max_load_slack = as_slack(max_load_slack)
         avoid_duplicates = as_flag(avoid_duplicates, "avoid_duplicates")
+        quality = as_flag(quality, "quality")
         sums = _group_sums(w, layout)
         old_ids = old_phy2log.detach().cpu().numpy() if isinstance(old_phy2log, _torch.Tensor) else old_phy2log
         old, change = check_old_placement(old_ids, layout, old_num_gpus, rank_mapping, failed_gpus)
         budget = check_budget(max_copies, min_imbalance, old, change)
-        if old is not None or avoid_duplicates:
+        if old is not None or avoid_duplicates or quality:
             out = _engine.beyond_reference(w.numpy(), layout, sums, old, max_load_slack, avoid_duplicates, change,
-                                           budget)[:3]
+                                           budget, quality)[:3]
             return _to_device(out, device)
         if cuda:
             return _plan_to_cuda(w, layout, sums, device)
@@ -300,6 +302,8 @@ class EplbNumbaMovementPolicy(EplbNumbaPolicy):
     # a layer is left alone; see rebalance_experts.
     MAX_COPIES: int | None = None
     MIN_IMBALANCE = 0.0
+    # The reference's plan improved by local search (docs/quality.md).
+    QUALITY = False
 
     @classmethod
     def _plan(cls, weight, num_replicas, num_groups, num_nodes, num_ranks, old):
@@ -312,7 +316,7 @@ class EplbNumbaMovementPolicy(EplbNumbaPolicy):
             old = _as_tensor(old, "old_global_expert_indices")
         return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks, old_phy2log=old,
                                  max_load_slack=cls.MAX_LOAD_SLACK, avoid_duplicates=cls.AVOID_DUPLICATES,
-                                 **cls._budget(old, num_replicas))
+                                 quality=cls.QUALITY, **cls._budget(old, num_replicas))
 
     @classmethod
     def _budget(cls, old, num_replicas):
@@ -323,13 +327,25 @@ class EplbNumbaMovementPolicy(EplbNumbaPolicy):
         return {"max_copies": cls.MAX_COPIES, "min_imbalance": cls.MIN_IMBALANCE}
 
 
+class EplbNumbaQualityPolicy(EplbNumbaMovementPolicy):
+    """vLLM EPLB policy that balances better than the reference (opt-in).
+
+    The movement-aware policy with ``quality=True``: the reference's plan
+    improved by local search is the plan, and with an old map the bound
+    that a plan moving few weights must meet.
+    """
+
+    QUALITY = True
+
+
 def install_vllm_policy(policy: type | None = None) -> None:
     """Make vLLM's ``default`` EPLB policy run ``policy`` in this process.
 
     vLLM's ``--eplb-config '{"policy": ...}'`` accepts only its own names,
     so the policy is swapped in under ``default``.  It must run in every
     vLLM process; setting ``EPLB_NUMBA_VLLM_POLICY=1`` (exact) or
-    ``=movement`` (:class:`EplbNumbaMovementPolicy`) does that through the
+    ``=movement`` (:class:`EplbNumbaMovementPolicy`) or ``=quality``
+    (:class:`EplbNumbaQualityPolicy`) does that through the
     ``vllm.general_plugins`` entry point this package declares.
     """
     if policy is None:
@@ -355,6 +371,8 @@ def _vllm_plugin() -> None:
         install_vllm_policy(EplbNumbaPolicy)
     elif choice == "movement":
         install_vllm_policy(EplbNumbaMovementPolicy)
+    elif choice == "quality":
+        install_vllm_policy(EplbNumbaQualityPolicy)
     else:
         return
     # Compile (or load from the cache) now, at process start, so that no

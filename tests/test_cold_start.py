@@ -180,6 +180,8 @@ def test_after_warmup_no_input_kind_compiles(warmed, tmp_path, rng):
             eplb_numba.rebalance_experts(weight, 40, 4, 2, 8, old_phy2log=old_ro, avoid_duplicates=True)
             eplb_numba.rebalance_experts(weight, 40, 3, 2, 8, old_phy2log=old[:, ::-1], max_load_slack=0.1)
             eplb_numba.rebalance_experts(weight, 40, 4, 2, 8, old_phy2log=old_ro, max_copies=6, min_imbalance=0.01)
+            eplb_numba.rebalance_experts(weight, 40, 4, 2, 8, quality=True)
+            eplb_numba.rebalance_experts(weight, 40, 4, 2, 8, quality=True, old_phy2log=old_ro)
             eplb_numba.rebalance_experts_hierarchical(weight, 40, 4, 2, 8)
             eplb_numba.plan_migration(old_ro, old[:, ::-1], 8, 2)
             for dtype in (np.float32, np.float64, np.int64, np.int32):

@@ -25,6 +25,8 @@ What lives where
     one layer of those: keep what stays, fill freed slots, swap to the bound.
 ``budget.py``
     a copy budget spent as swaps of two experts between GPUs of a node.
+``quality.py``
+    quality mode: the reference's plan improved by local search per layer.
 ``assign.py``
     optimal assignment (relabelling nodes and GPUs onto the old ones).
 ``migration.py``

@@ -1,0 +1,180 @@
+"""Quality mode: other replica counts for a node's hottest experts, each node repacked.
+
+The local search of ``quality.py`` moves one replica at a time and stops
+where every single move touches a GPU at the peak.  When an expert is hot
+enough that its replicas decide the node's peak, the better count is often
+several replicas away (eight replicas for a node of eight GPUs instead of
+ten, with the two slots going to the next hottest).  Here each of a node's
+hottest experts is tried at the nearby multiples of the node's GPU count
+and one replica either side; the slots it frees or takes go to (or come
+from) the other experts as the reference's replication would choose; the
+node is repacked greedily (heaviest replica first, to the lightest GPU
+with a free slot); a candidate is kept if the layer's peak drops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._jit import jit
+
+# Hottest experts of the node whose counts are tried, and rounds of tries.
+_HOT = 3
+_ROUNDS = 4
+# A node whose busiest GPU is within this of its mean is left alone: the
+# moves already balance it, and repacking costs more than the layer's plan.
+_CLOSE = 5e-3
+
+
+@jit
+def _shift(w, cnt, members, lo, hi, e, delta):
+    # Give ``delta`` replicas to (delta > 0) or take -delta from the node's
+    # experts other than e, one at a time: to the one with the heaviest
+    # replica, from the one whose replicas stay lightest.  False if the
+    # node has too few spare replicas.
+    for _ in range(abs(delta)):
+        pick = -1
+        for k in range(lo, hi):
+            f = members[k]
+            if f == e:
+                continue
+            if delta > 0:
+                if pick < 0 or w[f] / cnt[f] > w[pick] / cnt[pick]:
+                    pick = f
+            elif cnt[f] >= 2 and (pick < 0 or w[f] / (cnt[f] - 1) < w[pick] / (cnt[pick] - 1)):
+                pick = f
+        if pick < 0:
+            return False
+        cnt[pick] += 1 if delta > 0 else -1
+    return True
+
+
+@jit
+def _pack(w, cnt, members, lo, hi, gpn, per_gpu, out, order, gload, fill):
+    """The node's replicas (``cnt`` of each of ``members[lo:hi]``) packed into ``out``; returns its peak.
+
+    Experts by replica load, heaviest first (ties: lower id), each replica
+    to the lightest GPU with a free slot (ties: the lower GPU).
+    """
+    n = hi - lo
+    for i in range(n):
+        e = members[lo + i]
+        j = i
+        while j > 0:
+            f = order[j - 1]
+            if w[f] / cnt[f] > w[e] / cnt[e] or (w[f] / cnt[f] == w[e] / cnt[e] and f < e):
+                break
+            order[j] = f
+            j -= 1
+        order[j] = e
+    for h in range(gpn):
+        gload[h] = 0.0
+        fill[h] = 0
+    for i in range(n):
+        e = order[i]
+        share = w[e] / cnt[e]
+        for _ in range(cnt[e]):
+            best = -1
+            for h in range(gpn):
+                if fill[h] < per_gpu and (best < 0 or gload[h] < gload[best]):
+                    best = h
+            out[best * per_gpu + fill[best]] = e
+            fill[best] += 1
+            gload[best] += share
+    peak = 0.0
+    for h in range(gpn):
+        peak = max(peak, gload[h])
+    return peak
+
+
+@jit
+def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
+    """Try other counts for the hottest experts of the busiest GPU's node (see the module docstring).
+
+    ``cnt`` and ``p2l`` change in place where the layer's peak (``loads``,
+    kept up to date) drops; returns whether anything changed.
+    """
+    num_logical = w.shape[0]
+    gpn = num_gpus // num_nodes
+    per_gpu = p2l.shape[0] // num_gpus
+    per_node = gpn * per_gpu
+    trial = np.empty(num_logical, dtype=np.int64)
+    keep = np.empty(num_logical, dtype=np.int64)
+    out = np.empty(per_node, dtype=np.int64)
+    keep_out = np.empty(per_node, dtype=np.int64)
+    keep_load = np.empty(gpn)
+    order = np.empty(num_logical, dtype=np.int64)
+    gload = np.empty(gpn)
+    fill = np.empty(gpn, dtype=np.int64)
+    hot = np.empty(_HOT, dtype=np.int64)
+    changed = False
+    for _ in range(_ROUNDS):
+        g = 0
+        for h in range(1, num_gpus):
+            if loads[h] > loads[g]:
+                g = h
+        peak = loads[g]
+        node = g // gpn
+        lo = mstart[node]
+        hi = mstart[node + 1]
+        # The other nodes' peak stays as it is.
+        rest = 0.0
+        total = 0.0
+        for h in range(num_gpus):
+            if h // gpn != node:
+                rest = max(rest, loads[h])
+            else:
+                total += loads[h]
+        if peak <= total / gpn * (1.0 + _CLOSE):
+            break
+        n_hot = 0
+        for k in range(lo, hi):
+            e = members[k]
+            i = min(n_hot, _HOT)
+            while i > 0 and w[hot[i - 1]] < w[e]:
+                if i < _HOT:
+                    hot[i] = hot[i - 1]
+                i -= 1
+            if i < _HOT:
+                hot[i] = e
+            n_hot = min(n_hot + 1, _HOT)
+        # Every candidate of a round starts from the round's counts; the best is kept.
+        best = peak * (1.0 - 1e-12)
+        found = False
+        for i in range(n_hot):
+            e = hot[i]
+            c = cnt[e]
+            for option in range(4):
+                if option == 0:
+                    target = (c // gpn) * gpn
+                elif option == 1:
+                    target = (c // gpn + 1) * gpn
+                else:
+                    target = c - 1 if option == 2 else c + 1
+                if target < 1 or target == c or target > per_node - (hi - lo - 1):
+                    continue
+                for k in range(lo, hi):
+                    trial[members[k]] = cnt[members[k]]
+                trial[e] = target
+                if not _shift(w, trial, members, lo, hi, e, c - target):
+                    continue
+                top = _pack(w, trial, members, lo, hi, gpn, per_gpu, out, order, gload, fill)
+                if max(top, rest) < best:
+                    best = max(top, rest)
+                    found = True
+                    for k in range(lo, hi):
+                        keep[members[k]] = trial[members[k]]
+                    for q in range(per_node):
+                        keep_out[q] = out[q]
+                    for h in range(gpn):
+                        keep_load[h] = gload[h]
+        if not found:
+            break
+        for k in range(lo, hi):
+            cnt[members[k]] = keep[members[k]]
+        for q in range(per_node):
+            p2l[node * per_node + q] = keep_out[q]
+        for h in range(gpn):
+            loads[node * gpn + h] = keep_load[h]
+        changed = True
+    return changed
