@@ -21,7 +21,8 @@ __all__ = ["CliError", "PLACEMENT_NAMES", "check_output", "load_loads", "save_pl
 
 # vLLM's names for the three maps.
 PLACEMENT_NAMES = ("physical_to_logical_map", "logical_to_physical_map", "logical_replica_count")
-_LOAD_KEYS = ("loads", "weight", "expert_load", "expert_load_window")
+# "logical_count": the per-step counts SGLang's expert-distribution recorder dumps ("stat" mode).
+_LOAD_KEYS = ("loads", "weight", "expert_load", "expert_load_window", "logical_count")
 _READ = ".npy, .npz, .pt, .csv or .json"
 _WRITE = {".npz", ".json", ".pt", ".pth"}
 

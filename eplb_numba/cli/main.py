@@ -3,6 +3,7 @@
   eplb-numba [rebalance] [LOADS] [--replicas N --groups N --nodes N --gpus N]
              [--json] [--out FILE] [--plot FILE.png] [--force]
   eplb-numba simulate [TRACE] [--every K --window W] [--budgets PCT,...] [--json] [--plot FILE.png] [--force]
+  eplb-numba tune [TRACE] [--windows W,... --intervals K,... --policies P,...] [--json] [--plot FILE.png]
   eplb-numba warmup
 
 With no LOADS file, rebalance runs on the built-in DeepSeek-R1-shaped workload
@@ -21,7 +22,7 @@ import numpy as np
 
 from .files import CliError, check_output, load_loads, save_placement
 
-_COMMANDS = ("rebalance", "simulate", "bench", "warmup")
+_COMMANDS = ("rebalance", "simulate", "tune", "bench", "warmup")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +43,8 @@ def _parser():
     r.add_argument("--groups", type=int, default=8, help="expert groups (default 8)")
     r.add_argument("--nodes", type=int, default=4, help="server nodes (default 4)")
     r.add_argument("--gpus", type=int, default=32, help="GPUs in all (default 32)")
+    r.add_argument("--quality", action="store_true", help="improve the reference's plan by local search "
+                   "(docs/quality.md); not bit-identical")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--out", metavar="FILE", help="write the placement (.npz, .json or .pt) in vLLM's shapes")
     r.add_argument("--plot", metavar="FILE.png", help="draw per-GPU load before and after (needs matplotlib)")
@@ -64,6 +67,23 @@ def _parser():
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--plot", metavar="FILE.png", help="draw imbalance and copies over time (needs matplotlib)")
     s.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
+    t = sub.add_parser("tune", help="choose window, interval and policy from a recorded load trace")
+    t.add_argument("trace", nargs="?", help="3-D [steps, layers, experts] token counts (.npy/.npz/.pt/.json; "
+                   "SGLang's expert-distribution dump in stat mode too); default: the built-in drifting trace")
+    for flag, default, what in (("--replicas", 288, "slots"), ("--groups", 8, "expert groups"),
+                                ("--nodes", 4, "nodes"), ("--gpus", 32, "GPUs")):
+        t.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    t.add_argument("--windows", default="100,200,400", metavar="W,...",
+                   help="past steps each plan sums, candidates (default 100,200,400)")
+    t.add_argument("--intervals", default="50,100,200", metavar="K,...",
+                   help="steps between rebalances, candidates (default 50,100,200)")
+    t.add_argument("--policies", default="reference,movement-aware,quality", metavar="P,...",
+                   help="candidates among reference, movement-aware, quality (default all three)")
+    t.add_argument("--tolerance", type=float, default=1.0, metavar="PCT",
+                   help="recommend the fewest copies within PCT%% of the lowest imbalance (default 1)")
+    t.add_argument("--json", action="store_true", help="print the result as JSON")
+    t.add_argument("--plot", metavar="FILE.png", help="draw imbalance against copies (needs matplotlib)")
+    t.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
     # Listed so that --help says where the benchmarks went; main() answers it before parsing.
     sub.add_parser("bench", help="benchmarks: they need a source checkout (python bench/run.py)")
     sub.add_parser("warmup", help="compile and cache the kernels ahead of a serving start")
@@ -94,7 +114,7 @@ def _check_plot(args):
 
 
 def _rebalance(args):
-    from .. import rebalance_experts
+    from .. import balance_bound, rebalance_experts
     from .report import build_report, format_report
 
     # Every file to write is checked before any work starts.
@@ -115,17 +135,18 @@ def _rebalance(args):
         source = args.loads
     cfg = (args.replicas, args.groups, args.nodes, args.gpus)
     try:
-        rebalance_experts(weight, *cfg)  # validates; compiles on a cold cache
+        rebalance_experts(weight, *cfg, quality=args.quality)  # validates; compiles on a cold cache
     except (ValueError, TypeError) as exc:
         raise _in_cli_terms(exc, args.loads) from None
     times = []
     for _ in range(5):  # the median of a few warm calls is what serving sees
         start = time.perf_counter()
-        phy2log, log2phy, logcnt = rebalance_experts(weight, *cfg)
+        phy2log, log2phy, logcnt = rebalance_experts(weight, *cfg, quality=args.quality)
         times.append(time.perf_counter() - start)
     elapsed = sorted(times)[len(times) // 2]
     config = dict(zip(("replicas", "groups", "nodes", "gpus"), cfg))
-    report = build_report(weight, phy2log, logcnt, config, elapsed, trace=trace, source=source)
+    report = build_report(weight, phy2log, logcnt, config, elapsed, trace=trace, source=source,
+                          bound=balance_bound(weight, *cfg), quality=args.quality)
     if args.out:
         save_placement(args.out, phy2log, log2phy, logcnt)
         report["written"] = args.out
@@ -213,6 +234,56 @@ def _simulate(args):
     return 0
 
 
+def _steps_list(text, flag):
+    # "100,200" -> (100, 200), each a whole number of steps >= 1.
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise CliError(f"{flag} takes whole numbers of steps separated by commas, such as 100,200; "
+                       f"got {text!r}") from None
+    if min(values) < 1:
+        raise CliError(f"{flag}: each value is a number of steps, at least 1; got {text!r}")
+    return values
+
+
+def _tune(args):
+    from .tune import TUNE_POLICIES, format_tuning, tune
+
+    windows = _steps_list(args.windows, "--windows")
+    intervals = _steps_list(args.intervals, "--intervals")
+    policies = [p.strip() for p in args.policies.split(",")]
+    unknown = [p for p in policies if p not in TUNE_POLICIES]
+    if unknown:
+        raise CliError(f"--policies: unknown policy {unknown[0]!r}; choose among {', '.join(TUNE_POLICIES)}")
+    if not 0 <= args.tolerance < 100:
+        raise CliError(f"--tolerance is a percentage from 0 to 100, got {args.tolerance}")
+    if args.trace is None:
+        from .workload import drifting_trace
+
+        trace = drifting_trace()
+    else:
+        trace = load_loads(args.trace, keep_steps=True)
+    # Steps that carry no tokens (SGLang's recorder buffer before it fills) say nothing of the loads.
+    empty = trace.reshape(trace.shape[0], -1).sum(axis=1) == 0
+    if empty.any() and not empty.all():
+        print(f"eplb-numba: note: {int(empty.sum())} steps of {args.trace or 'the trace'} carry no tokens; "
+              f"left out", file=sys.stderr)
+        trace = trace[~empty]
+    _check_plot(args)
+    _check_trace(trace, args.trace or "the built-in trace")
+    cfg = (args.replicas, args.groups, args.nodes, args.gpus)
+    try:
+        result = tune(trace, cfg, windows, intervals, policies, args.tolerance / 100, progress=_bar)
+    except (ValueError, TypeError) as exc:
+        raise _in_cli_terms(exc, args.trace) from None
+    if args.plot:
+        from .plot import plot_tuning
+
+        plot_tuning(args.plot, result)
+    print(json.dumps(result, indent=2) if args.json else format_tuning(result))
+    return 0
+
+
 def _bench(args):
     # The benchmarks time the torch reference, which lives with the tests in
     # the source tree, not in the installed package.
@@ -238,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[0] == "bench":
             return _bench(argv[1:])
         args = _parser().parse_args(argv)
-        commands = {"rebalance": _rebalance, "simulate": _simulate, "bench": _bench, "warmup": _warmup}
+        commands = {"rebalance": _rebalance, "simulate": _simulate, "tune": _tune, "bench": _bench,
+                    "warmup": _warmup}
         from .._jit import compile_notice
 
         # One line on stderr before a first run's compile, one with its time.

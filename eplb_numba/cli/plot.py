@@ -7,7 +7,7 @@ import numpy as np
 from .._metrics import balancedness, gpu_loads, in_order_loads
 from .files import CliError
 
-__all__ = ["plot_balance", "plot_policy", "plot_simulation"]
+__all__ = ["plot_balance", "plot_policy", "plot_simulation", "plot_tuning"]
 
 
 def pyplot():
@@ -199,4 +199,31 @@ def plot_simulation(path, result):
     # One legend for both panels, below them: inside, it covered the lines.
     fig.legend(loc="lower center", ncol=3, frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
+    _save(plt, fig, path)
+
+
+def plot_tuning(path, result):
+    """Imbalance against copies per 1000 steps, one marker per policy, each point labelled window/interval."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    markers = {"reference": "o", "movement-aware": "s", "quality": "^"}
+    by_policy = {}
+    for r in result["candidates"]:
+        by_policy.setdefault(r["policy"], []).append(r)
+    for name, rows in by_policy.items():
+        xs = [r["copies_per_1000_steps"] for r in rows]
+        ys = [r["imbalance"] for r in rows]
+        ax.scatter(xs, ys, marker=markers.get(name, "o"), s=60, label=name, alpha=0.8)
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(f"{r['window']}/{r['every']}", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    rec = result["recommended"]
+    ax.scatter([rec["copies_per_1000_steps"]], [rec["imbalance"]], s=300, facecolors="none", edgecolors="red",
+               linewidths=2, label=f"recommended: {rec['policy']}, window {rec['window']}, every {rec['every']}")
+    ax.set_xscale("symlog", linthresh=100)
+    ax.set_xlabel("expert copies per 1000 steps (log scale)")
+    ax.set_ylabel("per-step (max - mean) / mean GPU load, after each rebalance")
+    c = result["config"]
+    ax.set_title(f"tune: window/interval per point; {c['replicas']} slots on {c['gpus']} GPUs, {c['policy']} policy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     _save(plt, fig, path)

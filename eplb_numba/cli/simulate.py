@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .. import _engine, plan_migration, rebalance_experts
+from .. import _engine, balance_bound, plan_migration, rebalance_experts
 from .._metrics import gpu_loads, imbalance_ratio
 from .._validate import check_layout
 
@@ -39,6 +39,14 @@ def _no_duplicates(w, cfg, old):
     return rebalance_experts(w, *cfg, avoid_duplicates=True)[0]
 
 
+def _quality(w, cfg, old):
+    return rebalance_experts(w, *cfg, quality=True)[0]
+
+
+def _quality_movement(w, cfg, old):
+    return rebalance_experts(w, *cfg, quality=True, old_phy2log=old)[0]
+
+
 POLICIES = {
     "reference": _reference,
     "reference + slot preservation": _reference_slots,
@@ -46,6 +54,8 @@ POLICIES = {
     "movement-aware, slack 0": _movement(0.0, False),
     "movement-aware, slack 1%": _movement(0.01, False),
     "movement-aware, slack 0, no duplicates": _movement(0.0, True),
+    "quality": _quality,
+    "quality, movement-aware": _quality_movement,
 }
 
 
@@ -158,6 +168,9 @@ def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, p
         layout_gpus, failed = lay[1], list(lay[2])
         live = np.delete(np.arange(layout_gpus), failed)
         ref_peak = gpu_loads(w, _from_scratch(w, groups, nodes, lay), layout_gpus).max(axis=1)
+        # The bound of the layout in service (a lost GPU's layout: the live GPUs planned globally).
+        bound = balance_bound(w, len(live) * (lay[0] // layout_gpus), groups if not failed else 1,
+                              nodes if not failed else 1, len(live))
         for name in names:
             start = time.perf_counter()
             new = plans[name](w, lay, state[name])
@@ -175,6 +188,7 @@ def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, p
                 "planning_ms": elapsed * 1e3,
                 "duplicates": _duplicates(new, layout_gpus),
                 "layers_above_reference_peak": int((peak > ref_peak * (1 + 1e-9)).sum()),
+                "above_bound": float((np.divide(peak, bound, out=np.ones_like(peak), where=bound > 0) - 1).mean()),
             })
             state[name] = new
     summary = {}
@@ -188,6 +202,7 @@ def simulate(trace, cfg, every=100, window=200, expert_bytes=0, policies=None, p
             "planning_ms_median": float(np.median([x["planning_ms"] for x in r])),
             "duplicates": float(np.mean([x["duplicates"] for x in r])),
             "layers_above_reference_peak": int(sum(x["layers_above_reference_peak"] for x in r)),
+            "above_bound": float(np.mean([x["above_bound"] for x in r])),
         }
     ref = summary.get("reference")
     if ref:
@@ -213,7 +228,7 @@ def format_simulation(result):
         f"{result['window']}; {c['replicas']} slots on {c['gpus']} GPUs, {policy} policy ({where}){scenario}",
         "",
         f"{'planner':40}{'imbalance':>10}{'copies':>9}{'inter-node':>11}{'vs ref':>8}{'dups':>7}{'plan ms':>9}"
-        f"{'over peak':>10}",
+        f"{'over peak':>10}{'> bound':>9}",
     ]
     for name, s in result["summary"].items():
         ratio = s.get("fewer_copies_than_reference")
@@ -221,6 +236,7 @@ def format_simulation(result):
         lines.append(
             f"{name:40}{s['imbalance']:>10.3f}{s['copies_per_rebalance']:>9.0f}{s['inter_node_copies_per_rebalance']:>11.0f}"
             f"{ratio_text:>8}{s['duplicates']:>7.0f}{s['planning_ms_median']:>9.2f}{s['layers_above_reference_peak']:>10}"
+            f"{s['above_bound']:>9.2%}"
         )
     lines += [
         "",
@@ -232,5 +248,7 @@ def format_simulation(result):
         "plan ms     median time to plan one rebalance (all layers), this machine; a budget row's includes",
         "            planning the reference, which sizes the budget",
         "over peak   layers, over all rebalances, whose busiest GPU exceeded the reference plan's busiest",
+        "> bound     busiest GPU above the balance bound on the loads planned from (mean over layers and",
+        "            rebalances): how far from the best any placement could do (docs/quality.md)",
     ]
     return "\n".join(lines)
