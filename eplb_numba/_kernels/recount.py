@@ -32,7 +32,7 @@ def _shift(w, cnt, members, lo, hi, e, delta):
     # experts other than e, one at a time: to the one with the heaviest
     # replica, from the one whose replicas stay lightest.  False if the
     # node has too few spare replicas.
-    for _ in range(abs(delta)):
+    for _ in range(delta if delta > 0 else -delta):
         pick = -1
         for k in range(lo, hi):
             f = members[k]
