@@ -65,20 +65,38 @@ def _lightest(loads, first, gpn, g, k, out):
 
 
 @jit
-def _heavier_holders(p2l, loads, held, cnt, w, share, g, num_gpus, top1, top1_gpu, top2, grow):
-    # For every expert b with several replicas: ``grow[b]``, what each of its
-    # replicas gains if it loses one, and the two largest loads (on distinct
-    # GPUs other than g) its holders would then carry, ``top1`` on GPU
+def _gpu_load(p2l, share, per_gpu, g, loads):
+    # GPU g's load, its slots summed in order (as layer_loads does).
+    total = 0.0
+    for q in range(g * per_gpu, (g + 1) * per_gpu):
+        total += share[p2l[q]]
+    loads[g] = total
+
+
+@jit
+def _set_share(w, cnt, share, up, down, e):
+    c = cnt[e]
+    share[e] = w[e] / c
+    up[e] = w[e] / (c + 1)
+    down[e] = w[e] / (c - 1) if c >= 2 else np.inf
+
+
+@jit
+def _heavier_holders(p2l, loads, held, down, share, cnt, g, first, last, top1, top1_gpu, top2, grow):
+    # For every expert b with several replicas on GPUs first:last (a node:
+    # all of b's replicas are there): ``grow[b]``, what each of its replicas
+    # gains if it loses one, and the two largest loads (on distinct GPUs
+    # other than g) its holders would then carry, ``top1`` on GPU
     # ``top1_gpu`` and ``top2``.
-    num_logical = w.shape[0]
-    per_gpu = p2l.shape[0] // num_gpus
-    for b in range(num_logical):
+    num_logical = share.shape[0]
+    per_gpu = p2l.shape[0] // loads.shape[0]
+    for q in range(first * per_gpu, last * per_gpu):
+        b = p2l[q]
         top1[b] = -np.inf
         top2[b] = -np.inf
         top1_gpu[b] = -1
-        if cnt[b] >= 2:
-            grow[b] = w[b] / (cnt[b] - 1) - share[b]
-    for x in range(num_gpus):
+        grow[b] = down[b] - share[b]
+    for x in range(first, last):
         if x == g:
             continue
         for q in range(x * per_gpu, (x + 1) * per_gpu):
@@ -95,14 +113,14 @@ def _heavier_holders(p2l, loads, held, cnt, w, share, g, num_gpus, top1, top1_gp
 
 
 @jit
-def _search(w, share, cnt, p2l, loads, held, g, partners, n_partners, best, top1, top1_gpu, top2, grow, move,
-            ready):
+def _search(share, up, down, cnt, p2l, loads, held, g, n_node, partners, n_partners, best, top1, top1_gpu, top2,
+            grow, move, ready):
     # The best swap or take between the busiest GPU g and the GPUs
     # ``partners[:n_partners]``, if better than ``best``: written to
     # ``move`` as (kind, s, t); returns the new best.  ``top1``, ``top1_gpu``,
-    # ``top2`` and ``grow`` (``_heavier_holders``) are filled at first need,
-    # when ``ready[0]`` is 0.
-    num_logical = w.shape[0]
+    # ``top2`` and ``grow`` (``_heavier_holders``, over g's node of ``n_node``
+    # GPUs) are filled at first need, when ``ready[0]`` is 0.
+    num_logical = share.shape[0]
     per_gpu = p2l.shape[0] // loads.shape[0]
     gs = g * per_gpu
     gb = g * num_logical
@@ -124,10 +142,14 @@ def _search(w, share, cnt, p2l, loads, held, g, partners, n_partners, best, top1
                     move[0] = 1
                     move[1] = s
                     move[2] = t
+    # Takes after every swap, so that the best swap prunes them.
+    for s in range(gs, gs + per_gpu):
+        a = p2l[s]
+        sa = share[a]
         if not _distinct(p2l, gs, s):
             continue
         # Take: one more replica of a, in a slot of another GPU holding b.
-        na = w[a] / (cnt[a] + 1)
+        na = up[a]
         da = na - sa
         new_g = loads[g] + held[gb + a] * da
         if new_g >= best:
@@ -140,12 +162,14 @@ def _search(w, share, cnt, p2l, loads, held, g, partners, n_partners, best, top1
                 b = p2l[t]
                 if b == a or cnt[b] < 2:
                     continue
-                db = w[b] / (cnt[b] - 1) - share[b]
+                db = down[b] - share[b]
                 m = max(bh - share[b] + (held[hb + b] - 1) * db, new_g)
                 if m >= best:
                     continue
                 if ready[0] == 0:
-                    _heavier_holders(p2l, loads, held, cnt, w, share, g, loads.shape[0], top1, top1_gpu, top2, grow)
+                    first = (g // n_node) * n_node
+                    _heavier_holders(p2l, loads, held, down, share, cnt, g, first, first + n_node, top1, top1_gpu,
+                                     top2, grow)
                     ready[0] = 1
                 if held[gb + b] > 0:
                     m = max(m, new_g + held[gb + b] * db)
@@ -171,14 +195,14 @@ def _search(w, share, cnt, p2l, loads, held, g, partners, n_partners, best, top1
 
 
 @jit
-def _give_gain(w, share, cnt, loads, held, g, a, b, base, da, holders, n_holders, best):
+def _give_gain(share, up, loads, held, g, a, b, base, da, holders, n_holders, best):
     # The peak over GPU g and a's other holders (``holders[:n_holders]``)
     # once a slot of g holding a becomes one more replica of b, or a value
     # at least ``best`` as soon as it cannot be lower: ``base`` is g's load
     # without b's part, ``da`` what each replica of a gains.
-    num_logical = w.shape[0]
+    num_logical = share.shape[0]
     nb = held[g * num_logical + b]
-    sb = w[b] / (cnt[b] + 1)
+    sb = up[b]
     db = sb - share[b]
     m = base + (nb + 1) * sb - nb * share[b]
     for i in range(n_holders):
@@ -190,14 +214,14 @@ def _give_gain(w, share, cnt, loads, held, g, a, b, base, da, holders, n_holders
 
 
 @jit
-def _best_give(w, share, cnt, p2l, loads, held, members, lo, hi, g, first, gpn, best, move, holders):
+def _best_give(share, up, down, cnt, p2l, loads, held, members, lo, hi, g, first, gpn, best, move, holders):
     # The best give of GPU g, if better than ``best`` (written to ``move`` as
     # (2, s, b)); ``members[lo:hi]`` are the experts of g's node.  For each
     # expert a on g, b is tried among: the expert whose next replica is
     # lightest (the second lightest where that is a), the experts on g, and
     # those on a's heaviest other holder (whose load b's second replica
     # lowers).  Returns the new best.
-    num_logical = w.shape[0]
+    num_logical = share.shape[0]
     per_gpu = p2l.shape[0] // loads.shape[0]
     gs = g * per_gpu
     gb = g * num_logical
@@ -206,18 +230,18 @@ def _best_give(w, share, cnt, p2l, loads, held, members, lo, hi, g, first, gpn, 
     for k in range(lo, hi):
         b = members[k]
         if held[gb + b] == 0:
-            v = w[b] / (cnt[b] + 1)
-            if cold < 0 or v < w[cold] / (cnt[cold] + 1):
+            v = up[b]
+            if cold < 0 or v < up[cold]:
                 cold2 = cold
                 cold = b
-            elif cold2 < 0 or v < w[cold2] / (cnt[cold2] + 1):
+            elif cold2 < 0 or v < up[cold2]:
                 cold2 = b
     for s in range(gs, gs + per_gpu):
         a = p2l[s]
         ca = cnt[a]
         if ca < 2 or not _distinct(p2l, gs, s):
             continue
-        da = w[a] / (ca - 1) - share[a]
+        da = down[a] - share[a]
         base = loads[g] - share[a] + (held[gb + a] - 1) * da
         if base >= best:
             continue
@@ -244,7 +268,7 @@ def _best_give(w, share, cnt, p2l, loads, held, members, lo, hi, g, first, gpn, 
                     continue  # tried with g's slots
             if b < 0 or b == a:
                 continue
-            m = _give_gain(w, share, cnt, loads, held, g, a, b, base, da, holders, n_holders, best)
+            m = _give_gain(share, up, loads, held, g, a, b, base, da, holders, n_holders, best)
             if m < best:
                 best = m
                 move[0] = 2
@@ -262,7 +286,7 @@ def _improve(w, share, cnt, p2l, loads, held, members, mstart, num_gpus, num_nod
     mstart[n + 1]]`` are the experts of node n.  All are kept up to date.
     Returns the number of moves made.
     """
-    num_logical = w.shape[0]
+    num_logical = share.shape[0]
     per_gpu = p2l.shape[0] // num_gpus
     gpn = num_gpus // num_nodes
     top1 = np.empty(num_logical)
@@ -273,6 +297,12 @@ def _improve(w, share, cnt, p2l, loads, held, members, mstart, num_gpus, num_nod
     holders = np.empty(gpn, dtype=np.int64)
     move = np.zeros(3, dtype=np.int64)
     ready = np.zeros(1, dtype=np.int64)
+    # One replica's load at the count, one more and one fewer: divisions
+    # made when a count changes, not in the search's inner loops.
+    up = np.empty(num_logical)
+    down = np.empty(num_logical)
+    for e in range(num_logical):
+        _set_share(w, cnt, share, up, down, e)
     for moves in range(max_moves):
         g = 0
         for h in range(1, num_gpus):
@@ -287,15 +317,15 @@ def _improve(w, share, cnt, p2l, loads, held, members, mstart, num_gpus, num_nod
         # The lightest GPUs first; gives, and the whole node, only when they offer nothing.
         ready[0] = 0
         n = _lightest(loads, first, gpn, g, _PARTNERS, partners)
-        best = _search(w, share, cnt, p2l, loads, held, g, partners, n, best, top1, top1_gpu, top2, grow, move,
-                       ready)
+        best = _search(share, up, down, cnt, p2l, loads, held, g, gpn, partners, n, best, top1, top1_gpu, top2,
+                       grow, move, ready)
         if move[0] == 0:
-            best = _best_give(w, share, cnt, p2l, loads, held, members, mstart[node], mstart[node + 1], g, first,
-                              gpn, best, move, holders)
+            best = _best_give(share, up, down, cnt, p2l, loads, held, members, mstart[node], mstart[node + 1], g,
+                              first, gpn, best, move, holders)
             if gpn - 1 > _PARTNERS:
                 n = _lightest(loads, first, gpn, g, gpn, partners)
-                _search(w, share, cnt, p2l, loads, held, g, partners, n, best, top1, top1_gpu, top2, grow, move,
-                        ready)
+                _search(share, up, down, cnt, p2l, loads, held, g, gpn, partners, n, best, top1, top1_gpu, top2,
+                        grow, move, ready)
         if move[0] == 0:
             return moves
         s = move[1]
@@ -321,10 +351,16 @@ def _improve(w, share, cnt, p2l, loads, held, members, mstart, num_gpus, num_nod
             else:
                 cnt[a] += 1
                 cnt[b] -= 1
-        share[a] = w[a] / cnt[a]
-        share[b] = w[b] / cnt[b]
-        # Summed afresh in slot order: no drift from incremental updates.
-        layer_loads(p2l, share, per_gpu, loads)
+        _set_share(w, cnt, share, up, down, a)
+        _set_share(w, cnt, share, up, down, b)
+        # Summed afresh in slot order (no drift from incremental updates):
+        # a swap changes two GPUs, a new count every holder, all on the node.
+        if move[0] == 1:
+            _gpu_load(p2l, share, per_gpu, g, loads)
+            _gpu_load(p2l, share, per_gpu, move[2] // per_gpu, loads)
+        else:
+            for h in range(first, first + gpn):
+                _gpu_load(p2l, share, per_gpu, h, loads)
     return max_moves
 
 

@@ -27,16 +27,16 @@ _CLOSE = 5e-3
 
 
 @jit
-def _shift(w, cnt, members, lo, hi, e, delta):
+def _shift(w, cnt, members, lo, hi, e, e2, delta):
     # Give ``delta`` replicas to (delta > 0) or take -delta from the node's
-    # experts other than e, one at a time: to the one with the heaviest
-    # replica, from the one whose replicas stay lightest.  False if the
-    # node has too few spare replicas.
+    # experts other than e and e2, one at a time: to the one with the
+    # heaviest replica, from the one whose replicas stay lightest.  False if
+    # the node has too few spare replicas.
     for _ in range(delta if delta > 0 else -delta):
         pick = -1
         for k in range(lo, hi):
             f = members[k]
-            if f == e:
+            if f in (e, e2):
                 continue
             if delta > 0:
                 if pick < 0 or w[f] / cnt[f] > w[pick] / cnt[pick]:
@@ -85,6 +85,43 @@ def _pack(w, cnt, members, lo, hi, gpn, per_gpu, out, order, gload, fill):
     for h in range(gpn):
         peak = max(peak, gload[h])
     return peak
+
+
+@jit
+def _peak_of(gload, rest):
+    top = rest
+    for h in range(gload.shape[0]):
+        top = max(top, gload[h])
+    return top
+
+
+@jit
+def _candidate(w, cnt, members, lo, hi, e, te, f, tf, rest, best, gpn, per_gpu, trial, out, order, gload, fill, keep,
+               keep_out, keep_load):
+    # Counts te for e (and tf for f, unless f < 0), the difference to the
+    # node's slots taken from or given to the others, the node repacked;
+    # kept in ``keep*`` and True if the layer's peak drops below ``best``.
+    ce = cnt[e]
+    cf = cnt[f] if f >= 0 else 0
+    if te < 1 or (f >= 0 and tf < 1) or (te == ce and (f < 0 or tf == cf)):
+        return False
+    for k in range(lo, hi):
+        trial[members[k]] = cnt[members[k]]
+    trial[e] = te
+    if f >= 0:
+        trial[f] = tf
+    if not _shift(w, trial, members, lo, hi, e, f, ce + cf - te - (tf if f >= 0 else 0)):
+        return False
+    top = _pack(w, trial, members, lo, hi, gpn, per_gpu, out, order, gload, fill)
+    if max(top, rest) >= best:
+        return False
+    for k in range(lo, hi):
+        keep[members[k]] = trial[members[k]]
+    for q in range(out.shape[0]):
+        keep_out[q] = out[q]
+    for h in range(gpn):
+        keep_load[h] = gload[h]
+    return True
 
 
 @jit
@@ -144,6 +181,7 @@ def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
         for i in range(n_hot):
             e = hot[i]
             c = cnt[e]
+            # One expert at the node's multiples, or one replica either side.
             for option in range(4):
                 if option == 0:
                     target = (c // gpn) * gpn
@@ -151,23 +189,23 @@ def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
                     target = (c // gpn + 1) * gpn
                 else:
                     target = c - 1 if option == 2 else c + 1
-                if target < 1 or target == c or target > per_node - (hi - lo - 1):
-                    continue
-                for k in range(lo, hi):
-                    trial[members[k]] = cnt[members[k]]
-                trial[e] = target
-                if not _shift(w, trial, members, lo, hi, e, c - target):
-                    continue
-                top = _pack(w, trial, members, lo, hi, gpn, per_gpu, out, order, gload, fill)
-                if max(top, rest) < best:
-                    best = max(top, rest)
+                if _candidate(w, cnt, members, lo, hi, e, target, -1, 0, rest, best, gpn, per_gpu, trial, out, order,
+                              gload, fill, keep, keep_out, keep_load):
+                    best = _peak_of(keep_load, rest)
                     found = True
-                    for k in range(lo, hi):
-                        keep[members[k]] = trial[members[k]]
-                    for q in range(per_node):
-                        keep_out[q] = out[q]
-                    for h in range(gpn):
-                        keep_load[h] = gload[h]
+            # Two experts whose replicas tile the node's GPUs once or twice,
+            # split about in proportion to their loads.
+            for j in range(i + 1, n_hot):
+                f = hot[j]
+                for tiles in range(1, 3):
+                    total = tiles * gpn
+                    even = (total * w[e]) / (w[e] + w[f]) if w[e] + w[f] > 0 else total / 2.0
+                    for t in range(int(even) - 1, int(even) + 2):
+                        if 1 <= t <= total - 1 and _candidate(w, cnt, members, lo, hi, e, t, f, total - t, rest,
+                                                              best, gpn, per_gpu, trial, out, order, gload, fill,
+                                                              keep, keep_out, keep_load):
+                            best = _peak_of(keep_load, rest)
+                            found = True
         if not found:
             break
         for k in range(lo, hi):
