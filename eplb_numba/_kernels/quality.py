@@ -13,6 +13,8 @@ current peak:
   replicas becomes one more replica of an expert on the busiest GPU.
 
 Each move lowers the peak, or the number of GPUs at it, so the search ends.
+Where single moves stall on a node's hottest experts, ``recount.py`` tries
+other counts for them and repacks the node, and the moves run again.
 Moves stay within a node and every expert keeps a replica, so the
 reference's rules (groups on their node, slots per GPU) hold.
 """
@@ -75,6 +77,7 @@ def _gpu_load(p2l, share, per_gpu, g, loads):
 
 @jit
 def _set_share(w, cnt, share, up, down, e):
+    # One replica's load of e at its count, at one more and at one fewer.
     c = cnt[e]
     share[e] = w[e] / c
     up[e] = w[e] / (c + 1)
