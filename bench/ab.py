@@ -70,6 +70,9 @@ def _case(name, what, row, inputs=1):
     if what == "full":
         cases = itertools.cycle(weights)
         return lambda: pkg.rebalance_experts(next(cases), *cfg)
+    if what == "quality":
+        cases = itertools.cycle(weights)
+        return lambda: pkg.rebalance_experts(next(cases), *cfg, quality=True)
     if what == "cuda":
         # CUDA loads in, CUDA results out, synchronised (the torch adapter).
         import torch
@@ -106,7 +109,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", help="git revision of version A, or a directory holding its eplb_numba")
     p.add_argument("b", nargs="?", default=None, help="git revision of version B (default: the working tree)")
-    p.add_argument("--what", choices=["full", "movement", "migration", "cuda"], default="full",
+    p.add_argument("--what", choices=["full", "quality", "movement", "migration", "cuda"], default="full",
                    help="full: rebalance_experts; movement: movement-aware plan + migration plan; "
                         "migration: plan_migration alone; cuda: the torch adapter, CUDA in and out")
     p.add_argument("--row", default="DeepSeek-V3 EP32", help="a benchmark row name (bench/run.py's rows)")

@@ -26,7 +26,9 @@ What lives where
 ``budget.py``
     a copy budget spent as swaps of two experts between GPUs of a node.
 ``quality.py``
-    quality mode: the reference's plan improved by local search per layer.
+    quality mode: the reference's plan improved by local search per layer;
+    ``quality_moves.py`` searches its moves, ``recount.py`` recounts a
+    node's hottest experts and repacks the node.
 ``assign.py``
     optimal assignment (relabelling nodes and GPUs onto the old ones).
 ``migration.py``

@@ -27,6 +27,16 @@ _CLOSE = 5e-3
 
 
 @jit
+def busiest(loads):
+    """The busiest GPU (the first of equals)."""
+    g = 0
+    for h in range(1, loads.shape[0]):
+        if loads[h] > loads[g]:
+            g = h
+    return g
+
+
+@jit
 def _shift(w, cnt, members, lo, hi, e, e2, delta):
     # Give ``delta`` replicas to (delta > 0) or take -delta from the node's
     # experts other than e and e2, one at a time: to the one with the
@@ -146,10 +156,7 @@ def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
     hot = np.empty(_HOT, dtype=np.int64)
     changed = False
     for _ in range(_ROUNDS):
-        g = 0
-        for h in range(1, num_gpus):
-            if loads[h] > loads[g]:
-                g = h
+        g = busiest(loads)
         peak = loads[g]
         node = g // gpn
         lo = mstart[node]

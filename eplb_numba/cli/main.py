@@ -30,6 +30,12 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see {self.prog} --help)")
 
 
+def _layout_flags(parser):
+    for flag, default, what in (("--replicas", 288, "slots"), ("--groups", 8, "expert groups"),
+                                ("--nodes", 4, "nodes"), ("--gpus", 32, "GPUs")):
+        parser.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+
+
 def _parser():
     from .. import __version__
 
@@ -52,9 +58,7 @@ def _parser():
     s = sub.add_parser("simulate", help="replay a load trace under several policies")
     s.add_argument("trace", nargs="?", help="3-D [steps, layers, experts] token counts (.npy/.npz/.pt/.json); "
                    "default: the built-in drifting trace")
-    for flag, default, what in (("--replicas", 288, "slots"), ("--groups", 8, "expert groups"),
-                                ("--nodes", 4, "nodes"), ("--gpus", 32, "GPUs")):
-        s.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    _layout_flags(s)
     s.add_argument("--every", type=int, default=100, help="steps between rebalances (default 100)")
     s.add_argument("--window", type=int, default=200, help="past steps each plan uses (default 200)")
     s.add_argument("--budgets", metavar="PCT,...", help="also replay copy budgets, each a percentage of the "
@@ -70,9 +74,7 @@ def _parser():
     t = sub.add_parser("tune", help="choose window, interval and policy from a recorded load trace")
     t.add_argument("trace", nargs="?", help="3-D [steps, layers, experts] token counts (.npy/.npz/.pt/.json; "
                    "SGLang's expert-distribution dump in stat mode too); default: the built-in drifting trace")
-    for flag, default, what in (("--replicas", 288, "slots"), ("--groups", 8, "expert groups"),
-                                ("--nodes", 4, "nodes"), ("--gpus", 32, "GPUs")):
-        t.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    _layout_flags(t)
     t.add_argument("--windows", default="100,200,400", metavar="W,...",
                    help="past steps each plan sums, candidates (default 100,200,400)")
     t.add_argument("--intervals", default="50,100,200", metavar="K,...",
@@ -200,15 +202,29 @@ def _budgets(text):
     return tuple(shares)
 
 
-def _simulate(args):
-    from .simulate import format_simulation, simulate
-
+def _load_trace(args):
+    # The TRACE argument, 3-D, or the built-in drifting trace.
     if args.trace is None:
         from .workload import drifting_trace
 
-        trace = drifting_trace()
-    else:
-        trace = load_loads(args.trace, keep_steps=True)
+        return drifting_trace()
+    return load_loads(args.trace, keep_steps=True)
+
+
+def _show(args, result, plot_name, formatter):
+    # A replay's result: the --plot file, then --json or the table.
+    if args.plot:
+        from . import plot
+
+        getattr(plot, plot_name)(args.plot, result)
+    print(json.dumps(result, indent=2) if args.json else formatter(result))
+    return 0
+
+
+def _simulate(args):
+    from .simulate import format_simulation, simulate
+
+    trace = _load_trace(args)
     for name in ("every", "window"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name} must be at least 1")
@@ -226,12 +242,7 @@ def _simulate(args):
                           scenario=args.scenario, lose_gpu=args.lose_gpu)
     except (ValueError, TypeError) as exc:
         raise _in_cli_terms(exc, args.trace) from None
-    if args.plot:
-        from .plot import plot_simulation
-
-        plot_simulation(args.plot, result)
-    print(json.dumps(result, indent=2) if args.json else format_simulation(result))
-    return 0
+    return _show(args, result, "plot_simulation", format_simulation)
 
 
 def _steps_list(text, flag):
@@ -257,12 +268,7 @@ def _tune(args):
         raise CliError(f"--policies: unknown policy {unknown[0]!r}; choose among {', '.join(TUNE_POLICIES)}")
     if not 0 <= args.tolerance < 100:
         raise CliError(f"--tolerance is a percentage from 0 to 100, got {args.tolerance}")
-    if args.trace is None:
-        from .workload import drifting_trace
-
-        trace = drifting_trace()
-    else:
-        trace = load_loads(args.trace, keep_steps=True)
+    trace = _load_trace(args)
     # Steps that carry no tokens (SGLang's recorder buffer before it fills) say nothing of the loads.
     empty = trace.reshape(trace.shape[0], -1).sum(axis=1) == 0
     if empty.any() and not empty.all():
@@ -276,12 +282,7 @@ def _tune(args):
         result = tune(trace, cfg, windows, intervals, policies, args.tolerance / 100, progress=_bar)
     except (ValueError, TypeError) as exc:
         raise _in_cli_terms(exc, args.trace) from None
-    if args.plot:
-        from .plot import plot_tuning
-
-        plot_tuning(args.plot, result)
-    print(json.dumps(result, indent=2) if args.json else format_tuning(result))
-    return 0
+    return _show(args, result, "plot_tuning", format_tuning)
 
 
 def _bench(args):
