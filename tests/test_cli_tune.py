@@ -78,3 +78,13 @@ def test_rebalance_quality_reports_the_bound(trace):
     assert better["quality"] and not plain["quality"]
     assert 0 <= better["above_bound"]["mean"] <= plain["above_bound"]["mean"]
     assert "above the balance bound" in cli(path, *SMALL, "--quality").stdout
+
+
+def test_simulate_has_quality_rows_and_the_bound(trace):
+    path, _ = trace
+    result = cli("simulate", path, *SMALL, "--every", "10", "--window", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    assert {"quality", "quality, movement-aware"} <= set(summary)
+    assert 0 <= summary["quality"]["above_bound"] <= summary["reference"]["above_bound"]
+    assert summary["quality"]["layers_above_reference_peak"] == 0
