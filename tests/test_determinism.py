@@ -38,9 +38,27 @@ def digest() -> str:
     return h.hexdigest()
 
 
-def _in_subprocess(threads: int) -> str:
+# The same for quality mode, whose local search compares float64 sums.
+RECORDED_QUALITY = "a088c9b19217ff828c7ed48b71f248dec9dfa385f0f475db09770ff3af8f560e"
+
+
+def quality_digest() -> str:
+    """sha256 over quality plans (and quality bounds for the movement-aware plan) of generated inputs."""
+    h = hashlib.sha256()
+    rng = np.random.default_rng(2027)
+    for layout in ((288, 8, 4, 32), (320, 1, 1, 64), (40, 4, 2, 8), (96, 1, 3, 12)):
+        for kind in LOAD_KINDS:
+            w = make_loads(rng, kind, (6, 32 if layout[0] < 288 else 256))
+            old = eplb_numba.rebalance_experts(w, *layout)[0]
+            for r in (*eplb_numba.rebalance_experts(w, *layout, quality=True),
+                      eplb_numba.rebalance_experts(w, *layout, quality=True, old_phy2log=old)[0]):
+                h.update(np.ascontiguousarray(r, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _in_subprocess(threads: int, which: str = "digest") -> str:
     env = dict(os.environ, EPLB_NUMBA_THREADS=str(threads))
-    code = "from tests.test_determinism import digest; print(digest())"
+    code = f"from tests.test_determinism import {which}; print({which}())"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
     return out.stdout.strip()
@@ -51,3 +69,10 @@ def test_same_placements_across_processes_threads_and_cpus():
     for threads in sorted({1, 2, os.cpu_count() or 1}):
         assert _in_subprocess(threads) == here, f"EPLB_NUMBA_THREADS={threads}"
     assert here == RECORDED
+
+
+def test_quality_mode_is_as_deterministic():
+    here = quality_digest()
+    for threads in sorted({1, 2, os.cpu_count() or 1}):
+        assert _in_subprocess(threads, "quality_digest") == here, f"EPLB_NUMBA_THREADS={threads}"
+    assert here == RECORDED_QUALITY
