@@ -48,6 +48,11 @@ Unsigned subscripts
 Output sentinels
     An optional output is skipped by passing an array with zero layers
     (``_engine.SKIP_*``); kernels test ``x.shape[0]``.
+Integer constants
+    A constant passed to another kernel, or a variable that starts as one
+    (``top = 0``), is typed as that literal value, and Numba compiles the
+    callee a second time for it (2.7 s of ``warmup`` before this rule).
+    Such values go through ``np.int64(...)`` once, where they are made.
 Named codes
     Codes a kernel writes for Python to read are module constants
     (``movement.OLD_SPLIT`` ...), imported by name on both sides.

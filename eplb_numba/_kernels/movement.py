@@ -59,7 +59,7 @@ def relabel_layer(old, ref, perm, num_gpus, num_nodes, num_logical, out):
     for a in range(num_nodes):
         b = perm[a]
         node_old = old[b * gpus_per_node * per_gpu:(b + 1) * gpus_per_node * per_gpu]
-        count_held(node_old, per_gpu, num_logical, held, 1)
+        count_held(node_old, per_gpu, num_logical, held, np.int64(1))
         for i in range(gpus_per_node):
             src = (a * gpus_per_node + i) * per_gpu
             for j in range(gpus_per_node):
@@ -68,7 +68,7 @@ def relabel_layer(old, ref, perm, num_gpus, num_nodes, num_logical, out):
                     if held[j * num_logical + ref[q]] > 0:
                         shared += 1.0
                 score[i, j] = shared
-        count_held(node_old, per_gpu, num_logical, held, -1)
+        count_held(node_old, per_gpu, num_logical, held, np.int64(-1))
         max_assignment(score, assign)
         for i in range(gpus_per_node):
             src = (a * gpus_per_node + i) * per_gpu

@@ -44,7 +44,7 @@ def greedy_pack(order, weights, num_packs, pack_index, rank_in_pack, loads, item
         heap[p] = p
     # A min-heap on (load, pack index); full packs leave it.
     size = num_packs
-    top = 0
+    top = np.int64(0)
     for j in range(n):
         item = key_index(order[j])
         p = heap[0]

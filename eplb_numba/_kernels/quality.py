@@ -75,7 +75,7 @@ def _improve(w, share, cnt, p2l, loads, held, members, mstart, num_gpus, num_nod
         best = peak * (1.0 - _MARGIN)
         # The lightest GPUs first; gives, and the whole node, only when they offer nothing.
         ready[0] = 0
-        n = lightest(loads, first, gpn, g, _PARTNERS, partners)
+        n = lightest(loads, first, gpn, g, np.int64(_PARTNERS), partners)
         best = search(share, up, down, cnt, p2l, loads, held, g, gpn, partners, n, best, top1, top1_gpu, top2,
                        grow, move, ready)
         if move[0] == 0:
@@ -168,19 +168,19 @@ def improve_layers(weight, split, num_gpus, num_nodes, out, cnt, lo, hi):
         mstart[num_nodes] = k
         for q in range(num_phy):
             p2l[q] = out[layer, q]
-        count_held(p2l, per_gpu, num_logical, held, 1)
+        count_held(p2l, per_gpu, num_logical, held, np.int64(1))
         layer_loads(p2l, share, per_gpu, loads)
         peak = _peak(loads)
         _improve(w, share, c, p2l, loads, held, members, mstart, num_gpus, num_nodes, 4 * num_phy)
-        count_held(p2l, per_gpu, num_logical, held, -1)
+        count_held(p2l, per_gpu, num_logical, held, np.int64(-1))
         if recount(w, c, p2l, loads, members, mstart, num_gpus, num_nodes):
             # Counts changed: shares, loads and counts per GPU afresh, then the moves again.
             for e in range(num_logical):
                 share[e] = w[e] / c[e]
-            count_held(p2l, per_gpu, num_logical, held, 1)
+            count_held(p2l, per_gpu, num_logical, held, np.int64(1))
             layer_loads(p2l, share, per_gpu, loads)
             _improve(w, share, c, p2l, loads, held, members, mstart, num_gpus, num_nodes, 4 * num_phy)
-            count_held(p2l, per_gpu, num_logical, held, -1)
+            count_held(p2l, per_gpu, num_logical, held, np.int64(-1))
         if _peak(loads) < peak:
             for q in range(num_phy):
                 out[layer, q] = p2l[q]

@@ -226,7 +226,7 @@ def best_give(share, up, down, cnt, p2l, loads, held, members, lo, hi, g, first,
         base = loads[g] - share[a] + (held[gb + a] - 1) * da
         if base >= best:
             continue
-        n_holders = 0
+        n_holders = np.int64(0)
         top = -1
         for h in range(first, first + gpn):
             if h != g and held[h * num_logical + a] > 0:

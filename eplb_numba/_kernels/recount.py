@@ -154,6 +154,9 @@ def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
     gload = np.empty(gpn)
     fill = np.empty(gpn, dtype=np.int64)
     hot = np.empty(_HOT, dtype=np.int64)
+    # No second expert (see "Integer constants" in __init__.py).
+    no_expert = np.int64(-1)
+    no_count = np.int64(0)
     changed = False
     for _ in range(_ROUNDS):
         g = busiest(loads)
@@ -196,8 +199,8 @@ def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
                     target = (c // gpn + 1) * gpn
                 else:
                     target = c - 1 if option == 2 else c + 1
-                if _candidate(w, cnt, members, lo, hi, e, target, -1, 0, rest, best, gpn, per_gpu, trial, out, order,
-                              gload, fill, keep, keep_out, keep_load):
+                if _candidate(w, cnt, members, lo, hi, e, target, no_expert, no_count, rest, best, gpn, per_gpu, trial,
+                              out, order, gload, fill, keep, keep_out, keep_load):
                     best = _peak_of(keep_load, rest)
                     found = True
             # Two experts whose replicas tile the node's GPUs once or twice,
@@ -205,12 +208,12 @@ def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
             for j in range(i + 1, n_hot):
                 f = hot[j]
                 for tiles in range(1, 3):
-                    total = tiles * gpn
-                    even = (total * w[e]) / (w[e] + w[f]) if w[e] + w[f] > 0 else total / 2.0
+                    span = tiles * gpn
+                    even = (span * w[e]) / (w[e] + w[f]) if w[e] + w[f] > 0 else span / 2.0
                     for t in range(int(even) - 1, int(even) + 2):
-                        if 1 <= t <= total - 1 and _candidate(w, cnt, members, lo, hi, e, t, f, total - t, rest,
-                                                              best, gpn, per_gpu, trial, out, order, gload, fill,
-                                                              keep, keep_out, keep_load):
+                        if 1 <= t <= span - 1 and _candidate(w, cnt, members, lo, hi, e, t, f, span - t, rest,
+                                                             best, gpn, per_gpu, trial, out, order, gload, fill,
+                                                             keep, keep_out, keep_load):
                             best = _peak_of(keep_load, rest)
                             found = True
         if not found:

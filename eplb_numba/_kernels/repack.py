@@ -75,7 +75,7 @@ def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, av
     # the replica in slot q; it and every check depend only on the two
     # experts, so each GPU's first slot of each expert stands for them all.
     # Scratch: ``mark`` (see _firsts), ``firsts`` (a node's slots), ``bounds`` (GPUs + 2).
-    end_g = _firsts(out, g * per_gpu, per_gpu, mark, firsts, 0)
+    end_g = _firsts(out, g * per_gpu, per_gpu, mark, firsts, np.int64(0))
     end = end_g
     for h in range(first_gpu, last_gpu):
         bounds[h - first_gpu] = end
@@ -84,8 +84,8 @@ def _best_swap(out, slot_load, loads, first_gpu, last_gpu, per_gpu, g, limit, av
     bounds[last_gpu - first_gpu] = end
     best = np.inf
     best_cost = 3  # above any swap's: at most two copies
-    best_s = -1
-    best_t = -1
+    best_s = np.int64(-1)
+    best_t = np.int64(-1)
     for a in range(end_g):
         s = firsts[a]
         es = out[s]
@@ -167,7 +167,7 @@ def dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound, held):
     """
     num_logical = share.shape[0]
     gpus_per_node = num_gpus // num_nodes
-    count_held(out, per_gpu, num_logical, held, 1)
+    count_held(out, per_gpu, num_logical, held, np.int64(1))
     for g in range(num_gpus):
         first = (g // gpus_per_node) * gpus_per_node
         for s in range(g * per_gpu, (g + 1) * per_gpu):
@@ -176,7 +176,7 @@ def dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound, held):
                 continue
             ls = share[es]
             best = np.inf
-            best_t = -1
+            best_t = np.int64(-1)
             best_lt = 0.0
             for h in range(first, first + gpus_per_node):
                 if h == g or held[h * num_logical + es] > 0:
@@ -193,7 +193,7 @@ def dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound, held):
                         best_lt = lt
             if best_t >= 0:
                 _swap_slots(out, loads, per_gpu, s, best_t, ls, best_lt, held, num_logical)
-    count_held(out, per_gpu, num_logical, held, -1)
+    count_held(out, per_gpu, num_logical, held, np.int64(-1))
 
 
 @jit
@@ -394,7 +394,7 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         slot_load[q] = share[out[q]]
     swapping = False
     for _ in range(4 * num_phy):
-        g = 0
+        g = np.int64(0)
         for h in range(num_gpus):
             if loads[h] > loads[g]:
                 g = h
@@ -403,7 +403,7 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         if not swapping:
             # Built at the first swap: a layer that meets the bound without
             # one (the common case after a small drift) never pays for it.
-            count_held(old, per_gpu, num_logical, was, 1)
+            count_held(old, per_gpu, num_logical, was, np.int64(1))
             swapping = True
         first = (g // gpus_per_node) * gpus_per_node
         # The lightest GPU of the node almost always offers the best swap:
@@ -425,10 +425,10 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         slot_load[t] = x
     if avoid_dup:
         # ``held`` back to zero: dedupe counts afresh.
-        count_held(out, per_gpu, num_logical, held, -1)
+        count_held(out, per_gpu, num_logical, held, np.int64(-1))
         dedupe(out, loads, share, num_gpus, num_nodes, per_gpu, bound, held)
     if swapping:
-        count_held(old, per_gpu, num_logical, was, -1)
+        count_held(old, per_gpu, num_logical, was, np.int64(-1))
     for g in range(num_gpus):
         if loads[g] > bound:
             return False

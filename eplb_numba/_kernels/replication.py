@@ -78,7 +78,7 @@ def replicate_row(weights, num_phy, phy2log, rank, logcnt, cntf, ratio, heap):
         heap[e] = e
     for pos in range(num_log // 2 - 1, -1, -1):
         sift_down(heap, num_log, ratio, pos)
-    top = 0
+    top = np.int64(0)
     for i in range(num_log, num_phy):
         e = heap[0]
         phy2log[i] = e
