@@ -25,8 +25,8 @@ import numpy as np
 
 from .._jit import jit
 from .quality_moves import best_give, gpu_load, lightest, search, set_share
-from .recount import busiest, recount
-from .repack import count_held, layer_loads
+from .recount import recount
+from .repack import busiest, count_held, layer_loads
 
 # A move must lower what it touches below the peak by this relative margin:
 # no move for a rounding error, and a peak summed in another order (NumPy's
@@ -124,12 +124,6 @@ def _improve(w, share, cnt, p2l, loads, held, members, mstart, num_gpus, num_nod
 
 
 @jit
-def _peak(loads):
-    # A loop, not ndarray.max(): that compiles NumPy's reduction machinery (0.3 s).
-    return loads[busiest(loads)]
-
-
-@jit
 def improve_layers(weight, split, num_gpus, num_nodes, out, cnt, lo, hi):
     """Layers ``lo:hi`` of the reference's plan (``out``, ``cnt``) improved in place.
 
@@ -170,7 +164,8 @@ def improve_layers(weight, split, num_gpus, num_nodes, out, cnt, lo, hi):
             p2l[q] = out[layer, q]
         count_held(p2l, per_gpu, num_logical, held, np.int64(1))
         layer_loads(p2l, share, per_gpu, loads)
-        peak = _peak(loads)
+        # busiest(), not ndarray.max(): that compiles NumPy's reduction machinery (0.3 s).
+        peak = loads[busiest(loads)]
         _improve(w, share, c, p2l, loads, held, members, mstart, num_gpus, num_nodes, 4 * num_phy)
         count_held(p2l, per_gpu, num_logical, held, np.int64(-1))
         if recount(w, c, p2l, loads, members, mstart, num_gpus, num_nodes):
@@ -181,7 +176,7 @@ def improve_layers(weight, split, num_gpus, num_nodes, out, cnt, lo, hi):
             layer_loads(p2l, share, per_gpu, loads)
             _improve(w, share, c, p2l, loads, held, members, mstart, num_gpus, num_nodes, 4 * num_phy)
             count_held(p2l, per_gpu, num_logical, held, np.int64(-1))
-        if _peak(loads) < peak:
+        if loads[busiest(loads)] < peak:
             for q in range(num_phy):
                 out[layer, q] = p2l[q]
             for e in range(num_logical):

@@ -26,21 +26,30 @@ def distinct(p2l, start, s):
 
 
 @jit
+def insert_ranked(out, n, k, x, keys, sign):
+    """Insert ``x`` into ``out[:n]``, kept as the (at most) k smallest by ``sign * keys``.
+
+    Ties keep the earlier one first; returns the new length.  ``sign`` -1.0
+    keeps the largest (negation is exact).
+    """
+    i = min(n, k)
+    while i > 0 and sign * keys[out[i - 1]] > sign * keys[x]:
+        if i < k:
+            out[i] = out[i - 1]
+        i -= 1
+    if i < k:
+        out[i] = x
+    return min(n + 1, k)
+
+
+@jit
 def lightest(loads, first, gpn, g, k, out):
     # The k lightest GPUs of first:first + gpn other than g, lightest first
     # (ties: lower index); returns how many.
-    n = 0
+    n = np.int64(0)
     for h in range(first, first + gpn):
-        if h == g:
-            continue
-        i = min(n, k)
-        while i > 0 and loads[out[i - 1]] > loads[h]:
-            if i < k:
-                out[i] = out[i - 1]
-            i -= 1
-        if i < k:
-            out[i] = h
-        n = min(n + 1, k)
+        if h != g:
+            n = insert_ranked(out, n, k, h, loads, 1.0)
     return n
 
 

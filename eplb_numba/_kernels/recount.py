@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import jit
+from .quality_moves import insert_ranked
+from .repack import busiest
 
 # Hottest experts of the node whose counts are tried, and rounds of tries.
 _HOT = 3
@@ -24,16 +26,6 @@ _ROUNDS = 4
 # A node whose busiest GPU is within this of its mean is left alone: the
 # moves already balance it, and repacking costs more than the layer's plan.
 _CLOSE = 5e-3
-
-
-@jit
-def busiest(loads):
-    """The busiest GPU (the first of equals)."""
-    g = 0
-    for h in range(1, loads.shape[0]):
-        if loads[h] > loads[g]:
-            g = h
-    return g
 
 
 @jit
@@ -91,18 +83,7 @@ def _pack(w, cnt, members, lo, hi, gpn, per_gpu, out, order, gload, fill):
             out[best * per_gpu + fill[best]] = e
             fill[best] += 1
             gload[best] += share
-    peak = 0.0
-    for h in range(gpn):
-        peak = max(peak, gload[h])
-    return peak
-
-
-@jit
-def _peak_of(gload, rest):
-    top = rest
-    for h in range(gload.shape[0]):
-        top = max(top, gload[h])
-    return top
+    return gload[busiest(gload)]
 
 
 @jit
@@ -110,28 +91,29 @@ def _candidate(w, cnt, members, lo, hi, e, te, f, tf, rest, best, gpn, per_gpu, 
                keep_out, keep_load):
     # Counts te for e (and tf for f, unless f < 0), the difference to the
     # node's slots taken from or given to the others, the node repacked;
-    # kept in ``keep*`` and True if the layer's peak drops below ``best``.
+    # kept in ``keep*`` if the layer's peak drops below ``best``.  Returns
+    # the layer's peak then, else ``best``.
     ce = cnt[e]
     cf = cnt[f] if f >= 0 else 0
     if te < 1 or (f >= 0 and tf < 1) or (te == ce and (f < 0 or tf == cf)):
-        return False
+        return best
     for k in range(lo, hi):
         trial[members[k]] = cnt[members[k]]
     trial[e] = te
     if f >= 0:
         trial[f] = tf
     if not _shift(w, trial, members, lo, hi, e, f, ce + cf - te - (tf if f >= 0 else 0)):
-        return False
-    top = _pack(w, trial, members, lo, hi, gpn, per_gpu, out, order, gload, fill)
-    if max(top, rest) >= best:
-        return False
+        return best
+    top = max(_pack(w, trial, members, lo, hi, gpn, per_gpu, out, order, gload, fill), rest)
+    if top >= best:
+        return best
     for k in range(lo, hi):
         keep[members[k]] = trial[members[k]]
     for q in range(out.shape[0]):
         keep_out[q] = out[q]
     for h in range(gpn):
         keep_load[h] = gload[h]
-    return True
+    return top
 
 
 @jit
@@ -174,17 +156,9 @@ def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
                 total += loads[h]
         if peak <= total / gpn * (1.0 + _CLOSE):
             break
-        n_hot = 0
+        n_hot = np.int64(0)
         for k in range(lo, hi):
-            e = members[k]
-            i = min(n_hot, _HOT)
-            while i > 0 and w[hot[i - 1]] < w[e]:
-                if i < _HOT:
-                    hot[i] = hot[i - 1]
-                i -= 1
-            if i < _HOT:
-                hot[i] = e
-            n_hot = min(n_hot + 1, _HOT)
+            n_hot = insert_ranked(hot, n_hot, np.int64(_HOT), members[k], w, -1.0)
         # Every candidate of a round starts from the round's counts; the best is kept.
         best = peak * (1.0 - 1e-12)
         found = False
@@ -199,9 +173,10 @@ def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
                     target = (c // gpn + 1) * gpn
                 else:
                     target = c - 1 if option == 2 else c + 1
-                if _candidate(w, cnt, members, lo, hi, e, target, no_expert, no_count, rest, best, gpn, per_gpu, trial,
-                              out, order, gload, fill, keep, keep_out, keep_load):
-                    best = _peak_of(keep_load, rest)
+                top = _candidate(w, cnt, members, lo, hi, e, target, no_expert, no_count, rest, best, gpn, per_gpu,
+                                 trial, out, order, gload, fill, keep, keep_out, keep_load)
+                if top < best:
+                    best = top
                     found = True
             # Two experts whose replicas tile the node's GPUs once or twice,
             # split about in proportion to their loads.
@@ -210,11 +185,11 @@ def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
                 for tiles in range(1, 3):
                     span = tiles * gpn
                     even = (span * w[e]) / (w[e] + w[f]) if w[e] + w[f] > 0 else span / 2.0
-                    for t in range(int(even) - 1, int(even) + 2):
-                        if 1 <= t <= span - 1 and _candidate(w, cnt, members, lo, hi, e, t, f, span - t, rest,
-                                                             best, gpn, per_gpu, trial, out, order, gload, fill,
-                                                             keep, keep_out, keep_load):
-                            best = _peak_of(keep_load, rest)
+                    for t in range(max(int(even) - 1, 1), min(int(even) + 2, span)):
+                        top = _candidate(w, cnt, members, lo, hi, e, t, f, span - t, rest, best, gpn, per_gpu,
+                                         trial, out, order, gload, fill, keep, keep_out, keep_load)
+                        if top < best:
+                            best = top
                             found = True
         if not found:
             break

@@ -34,6 +34,16 @@ def layer_loads(p2l, share, per_gpu, loads):
         loads[g] = s
 
 
+@jit
+def busiest(loads):
+    """The busiest GPU (the first of equals)."""
+    g = 0
+    for h in range(1, loads.shape[0]):
+        if loads[h] > loads[g]:
+            g = h
+    return g
+
+
 # Up to this many slots per GPU, a GPU's experts are mostly distinct, and
 # grouping them costs more than comparing every slot.
 _GROUP_SLOTS = 32
@@ -394,10 +404,7 @@ def movement_layer(share, old, cnt, node_target, num_gpus, num_nodes, bound, avo
         slot_load[q] = share[out[q]]
     swapping = False
     for _ in range(4 * num_phy):
-        g = np.int64(0)
-        for h in range(num_gpus):
-            if loads[h] > loads[g]:
-                g = h
+        g = busiest(loads)
         if loads[g] <= bound:
             break
         if not swapping:
