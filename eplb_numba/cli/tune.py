@@ -17,26 +17,16 @@ import numpy as np
 
 from .. import plan_migration, rebalance_experts
 from .._metrics import gpu_loads, imbalance_ratio
+from .simulate import POLICIES
 
 __all__ = ["TUNE_POLICIES", "format_tuning", "recommend", "tune"]
 
 
-def _movement(w, cfg, old):
-    if old is None:
-        return rebalance_experts(w, *cfg)[0]
-    return rebalance_experts(w, *cfg, old_phy2log=old)[0]
-
-
-def _quality(w, cfg, old):
-    if old is None:
-        return rebalance_experts(w, *cfg, quality=True)[0]
-    return rebalance_experts(w, *cfg, quality=True, old_phy2log=old)[0]
-
-
+# Each plans from ``old`` (None for the first plan: then from scratch), as in ``simulate``.
 TUNE_POLICIES = {
-    "reference": lambda w, cfg, old: rebalance_experts(w, *cfg)[0],
-    "movement-aware": _movement,
-    "quality": _quality,
+    "reference": POLICIES["reference"],
+    "movement-aware": POLICIES["movement-aware, slack 0"],
+    "quality": POLICIES["quality, movement-aware"],
 }
 
 
