@@ -23,9 +23,10 @@ from .repack import busiest
 # Hottest experts of the node whose counts are tried, and rounds of tries.
 _HOT = 3
 _ROUNDS = 4
-# A node whose busiest GPU is within this of its mean is left alone: the
-# moves already balance it, and repacking costs more than the layer's plan.
-_CLOSE = 5e-3
+# A node whose busiest GPU is within this of its mean is left alone (here
+# and by quality's fresh start): the moves already balance it, and
+# repacking costs more than the layer's plan.
+CLOSE = 5e-3
 
 
 @jit
@@ -52,7 +53,7 @@ def _shift(w, cnt, members, lo, hi, e, e2, delta):
 
 
 @jit
-def _pack(w, cnt, members, lo, hi, gpn, per_gpu, out, order, gload, fill):
+def pack_node(w, cnt, members, lo, hi, gpn, per_gpu, out, order, gload, fill):
     """The node's replicas (``cnt`` of each of ``members[lo:hi]``) packed into ``out``; returns its peak.
 
     Experts by replica load, heaviest first (ties: lower id), each replica
@@ -104,7 +105,7 @@ def _candidate(w, cnt, members, lo, hi, e, te, f, tf, rest, best, gpn, per_gpu, 
         trial[f] = tf
     if not _shift(w, trial, members, lo, hi, e, f, ce + cf - te - (tf if f >= 0 else 0)):
         return best
-    top = max(_pack(w, trial, members, lo, hi, gpn, per_gpu, out, order, gload, fill), rest)
+    top = max(pack_node(w, trial, members, lo, hi, gpn, per_gpu, out, order, gload, fill), rest)
     if top >= best:
         return best
     for k in range(lo, hi):
@@ -154,7 +155,7 @@ def recount(w, cnt, p2l, loads, members, mstart, num_gpus, num_nodes):
                 rest = max(rest, loads[h])
             else:
                 total += loads[h]
-        if peak <= total / gpn * (1.0 + _CLOSE):
+        if peak <= total / gpn * (1.0 + CLOSE):
             break
         n_hot = np.int64(0)
         for k in range(lo, hi):
