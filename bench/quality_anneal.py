@@ -11,8 +11,8 @@ where it finds none, the remaining gap is most likely the bound's.  This
 is evidence, not a proof: annealing is not exhaustive.
 
 Prints, per case, the gap of the quality plan and the best peak annealing
-found, both relative to the bound.  Deterministic (fixed seeds); about a
-minute per case at the default 200,000 steps on the 2-core machine.
+found, both relative to the bound.  Deterministic (fixed seeds); 30 s to
+60 s per case at the default 200,000 steps on the 2-core machine.
 """
 
 from __future__ import annotations
